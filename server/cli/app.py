@@ -1,0 +1,37 @@
+"""The root typer app and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from vpetl.errors import VpetlError
+
+app = typer.Typer(
+    name="vpetl",
+    help="vpetl (cloud side): one frozen video transformer, many parameter-efficient task adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(payload: Any) -> None:
+    """Machine-readable output for ``--json`` (plain stdout, no rich markup)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def fail(error: VpetlError | str, exit_code: int = 2) -> NoReturn:
+    """Print a one-line error that says what to do, then exit non-zero (no traceback for user errors)."""
+    if isinstance(error, VpetlError):
+        err_console.print(f"[bold red]error[/] [{error.code}]: {error.message}")
+    else:
+        err_console.print(f"[bold red]error[/]: {error}")
+    raise typer.Exit(exit_code)

@@ -1,0 +1,1 @@
+"""Adapter training: trainer, demo-backbone pretraining, experiments, job worker, ONNX export."""
