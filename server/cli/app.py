@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vpetl.errors import VpetlError
 
@@ -31,7 +32,7 @@ def print_json(payload: Any) -> None:
 def fail(error: VpetlError | str, exit_code: int = 2) -> NoReturn:
     """Print a one-line error that says what to do, then exit non-zero (no traceback for user errors)."""
     if isinstance(error, VpetlError):
-        err_console.print(f"[bold red]error[/] [{error.code}]: {error.message}")
+        err_console.print(f"[bold red]error[/] {escape('[' + error.code + ']')}: {escape(error.message)}")
     else:
-        err_console.print(f"[bold red]error[/]: {error}")
+        err_console.print(f"[bold red]error[/]: {escape(str(error))}")
     raise typer.Exit(exit_code)
