@@ -99,7 +99,11 @@ def convert_videomae_original(sd: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
+# Order matters (first prefix match wins): transformers >= 5 stores the q/v biases as ``query.bias`` /
+# ``value.bias`` (``qv_bias``); 4.x files on the Hub have ``q_bias`` / ``v_bias``. Both map to our parameters.
 _HF_BLOCK = {
+    "attention.attention.query.bias": "attn.q_bias",
+    "attention.attention.value.bias": "attn.v_bias",
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
     "attention.attention.query": "attn.q",

@@ -103,7 +103,8 @@ class FrameViT(Backbone):
 
     def forward(self, x: Tensor, tag: str | None = None) -> Tensor:
         """(B, 3, T, H, W) -> (B, C): mean over frames of the CLS token, then the final LayerNorm."""
-        b, t = x.shape[0], x.shape[2] if x.dim() == 5 else 0
+        self.check_input(x)  # before reading x.shape: a non-tensor or 4-D input gets InvalidInput, not a crash
+        b, t = x.shape[0], x.shape[2]
         cls = self.forward_tokens(x, tag)[:, 0]  # (B·T, C)
         return self.norm(cls.reshape(b, t, -1).mean(dim=1))  # (B, C)
 

@@ -88,6 +88,9 @@ def create_backbone(
         load_checkpoint(model, checkpoint)
     if freeze:
         model.freeze()
+    # Hash the frozen weights now, before any method can train some of them in place (BitFit, full tuning):
+    # adapters record the hash of the backbone they were trained ON, and deep copies keep the cached value.
+    model.sha256()
     return model.eval()
 
 

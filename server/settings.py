@@ -1,0 +1,66 @@
+"""Process settings for the server and worker (pydantic-settings; env prefix ``VPETL_``), created by
+``get_settings()`` at start-up — never at import — and passed explicitly."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vpetl.errors import InvalidRequest
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VPETL_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, description="bind port")
+    engine: Literal["local", "ray"] = "local"
+    redis_url: str | None = Field(None, description="Redis URL; unset = embedded redis-server under data_dir")
+    data_dir: Path = Field(Path(".vpetl"), description="embedded Redis, clip store, backbone cache")
+    admin_token: str | None = Field(None, description="bearer token for write routes")
+    backbone: str = "vpetl-demo"
+    checkpoint: Path | None = None
+    device: str = "cpu"
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(64, ge=1)
+    max_upload_mb: float = Field(64.0, gt=0, description="clip upload limit")
+    max_adapter_mb: float = Field(64.0, gt=0, description="adapter upload limit")
+    cache_mb: float = Field(256.0, gt=0, description="adapter cache byte budget per predictor")
+    pointer_check_s: float = Field(0.5, gt=0, description="periodic pointer re-check (covers missed events)")
+    replicas: int = Field(1, ge=1, description="Ray Serve predictor replicas")
+    torch_threads: int = Field(2, ge=1)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_adapter_bytes(self) -> int:
+        return int(self.max_adapter_mb * 1024 * 1024)
+
+    def check_bind(self) -> None:
+        """Refuse to serve a non-loopback address without an admin token (write routes would be open)."""
+        if self.admin_token:
+            return
+        if not is_loopback(self.host):
+            raise InvalidRequest(
+                f"refusing to bind {self.host} without an admin token: set VPETL_ADMIN_TOKEN (or bind 127.0.0.1)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

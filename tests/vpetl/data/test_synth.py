@@ -1,0 +1,113 @@
+"""vpetl.data.synth: presets, determinism (decoded frames), the folder layout it writes, and `vpetl data synth`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vpetl import video as V
+from vpetl.data import synth
+from vpetl.data.readers import read_split_file
+from vpetl.errors import DatasetError
+
+
+def test_presets_describe_their_classes() -> None:
+    sizes = {name: len(p.classes) for name, p in synth.PRESETS.items()}
+    assert sizes == {"source": 16, "temporal": 10, "appearance": 8}
+    for preset in synth.PRESETS.values():
+        assert len(set(preset.classes)) == len(preset.classes) == len(preset.class_descriptions)
+
+
+def test_render_clip_is_deterministic() -> None:
+    for preset in synth.PRESETS:
+        a = synth.render_clip(preset, 1, 3, seed=5, size=64, frames=(10, 14))
+        b = synth.render_clip(preset, 1, 3, seed=5, size=64, frames=(10, 14))
+        assert a.dtype == np.uint8 and a.shape[1:] == (64, 64, 3) and 10 <= a.shape[0] <= 14
+        assert np.array_equal(a, b)
+        assert not np.array_equal(a, synth.render_clip(preset, 1, 3, seed=6, size=64, frames=(10, 14)))
+        assert a.std() > 10  # not a blank clip
+
+
+@pytest.mark.parametrize(("motion", "check"), [
+    ("moving_left_to_right", lambda t: t.cx[-1] - t.cx[0] > 20),
+    ("moving_right_to_left", lambda t: t.cx[0] - t.cx[-1] > 20),
+    ("approaching", lambda t: t.radius[-1] > 1.9 * t.radius[0]),
+    ("receding", lambda t: t.radius[0] > 1.9 * t.radius[-1]),
+    ("rotating_clockwise", lambda t: t.angle[-1] - t.angle[0] > 2),  # screen y points down: +angle is clockwise
+    ("rotating_counterclockwise", lambda t: t.angle[0] - t.angle[-1] > 2),
+    ("appearing", lambda t: t.opacity[0] < 0.05 and t.opacity[-1] == 1),
+    ("disappearing", lambda t: t.opacity[0] == 1 and t.opacity[-1] < 0.05),
+    ("falling", lambda t: t.cy[-1] - t.cy[0] > 40),
+    ("rising", lambda t: t.cy[0] - t.cy[-1] > 40),
+])
+def test_temporal_motions_mean_what_they_say(motion: str, check) -> None:  # noqa: ANN001
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        track = synth._track(rng, 128, 32, "ell", "solid", np.zeros((2, 3)), motion, 16.0)
+        assert check(track), (motion, seed)
+
+
+def _decode_all(path: Path) -> np.ndarray:
+    info = V.decode_info(path)
+    return V.read_frames(path, np.arange(info.num_frames))
+
+
+def test_synthesize_writes_the_folder_layout(tiny_synth: Path) -> None:
+    manifest = json.loads((tiny_synth / "dataset.json").read_text())
+    classes = (tiny_synth / "classes.txt").read_text().split()
+    assert classes == manifest["classes"] == list(synth.PRESETS["temporal"].classes)
+    assert manifest["counts"] == {"train": 20, "val": 10, "total": 30}
+    assert manifest["preset"] == "temporal" and manifest["seed"] == 7
+    train, val = read_split_file(tiny_synth / "train.txt"), read_split_file(tiny_synth / "val.txt")
+    assert len(train) == 20 and len(val) == 10
+    assert {label for _, label in val} == set(range(10))
+    rel, label = val[0]
+    assert rel.startswith(f"{classes[label]}/") and (tiny_synth / rel).is_file()
+    info = V.decode_info(tiny_synth / rel)
+    assert (info.height, info.width) == (64, 64) and 8 <= info.num_frames <= 12
+
+
+def test_decoded_frames_match_render_and_repeat(tiny_synth: Path, tmp_path: Path) -> None:
+    again = synth.synthesize("temporal", tmp_path / "again", clips_per_class=3, seed=7, size=64, frames=(8, 12),
+                             workers=2)
+    for rel, label in read_split_file(tiny_synth / "val.txt")[:4]:
+        first, second = _decode_all(tiny_synth / rel), _decode_all(again / rel)
+        assert np.array_equal(first, second)  # same seed → identical frames (whatever the worker count)
+        rendered = synth.render_clip("temporal", label, 2, seed=7, size=64, frames=(8, 12))
+        assert first.shape == rendered.shape
+        # yuv420p halves the chroma resolution (saturated stripes suffer) and crf drops the pixel noise, but the
+        # 4x4 block means must survive.
+        def blocks(v: np.ndarray) -> np.ndarray:
+            return v.reshape(v.shape[0], 16, 4, 16, 4, 3).astype(float).mean(axis=(2, 4))  # (T, 16, 16, 3)
+
+        assert np.abs(blocks(first) - blocks(rendered)).mean() < 4
+
+
+def test_synthesize_reuses_and_protects_directories(tiny_synth: Path, tmp_path: Path) -> None:
+    stamp = (tiny_synth / "dataset.json").stat().st_mtime_ns
+    assert synth.synthesize("temporal", tiny_synth, clips_per_class=3, seed=7, size=64, frames=(8, 12)) == tiny_synth
+    assert (tiny_synth / "dataset.json").stat().st_mtime_ns == stamp  # same parameters: nothing rewritten
+    with pytest.raises(DatasetError, match="not empty"):
+        synth.synthesize("temporal", tiny_synth, clips_per_class=3, seed=8, size=64, frames=(8, 12))
+    for bad in ({"preset": "nope"}, {"size": 63}, {"clips_per_class": 0}, {"val_fraction": 1.0}):
+        kwargs = {"preset": "source", "out_dir": tmp_path / "x", "clips_per_class": 1, **bad}
+        with pytest.raises(DatasetError):
+            synth.synthesize(**kwargs)
+
+
+def test_cli_synth_json(tmp_path: Path) -> None:
+    from server.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["data", "synth", "--preset", "appearance", "--out", str(out),
+                                      "--clips-per-class", "2", "--size", "48", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["counts"] == {"train": 8, "val": 8, "total": 16} and manifest["path"] == str(out)
+    assert len((out / "train.txt").read_text().splitlines()) == 8
+    result = CliRunner().invoke(app, ["data", "synth", "--preset", "nope", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "unknown preset" in result.output

@@ -1,0 +1,395 @@
+"""Synthetic action datasets written as real mp4 files (torch-free).
+
+Three presets (see :data:`PRESETS` and the README's "Synthetic datasets" section):
+
+- ``source``: a broad pretraining domain, 16 classes = 4 shape kinds × 4 motion kinds, any texture, colour and
+  background;
+- ``temporal`` (Something-Something-like): 10 classes that differ only in *how* the object moves (left→right vs
+  right→left, approaching vs receding, clockwise vs counter-clockwise, appearing vs disappearing, falling vs
+  rising); every class draws its appearance from the same distribution, and each class's mirror is the same
+  motion played backwards, so no single frame tells them apart;
+- ``appearance`` (HMDB-like): 8 classes that differ in *what* is seen (object kind, texture, background) while the
+  motion is random and class-independent.
+
+Every clip has nuisance: background clutter, a faint texture, pixel noise, lighting flicker, a hand-held camera,
+distractor objects, random speed, size, colours and clip length (24–48 frames), so accuracy is not trivially 100%.
+
+Output (the "folder" layout of :mod:`vpetl.data.readers`): ``<out>/<class>/<class>_<i>.mp4``, ``train.txt`` and
+``val.txt`` (``relative/path.mp4 label_index`` per line), ``classes.txt`` (one name per line, line i = label i) and
+``dataset.json`` (a manifest: preset, seed, classes, counts; written last, so its presence marks a complete set).
+
+Generation is deterministic: clip ``(class c, index i)`` draws from ``default_rng([seed, preset, c, i])``, so the
+same seed gives byte-identical frames whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpetl.data.render import (
+    ASYMMETRIC_SHAPES,
+    BACKGROUNDS,
+    SHAPES,
+    TEXTURES,
+    Scene,
+    Track,
+    background,
+    clutter,
+    render,
+)
+from vpetl.errors import DatasetError
+
+SYNTH_VERSION = 1
+FPS = 15
+DEFAULT_FRAMES = (24, 48)
+
+__all__ = ["PRESETS", "Preset", "render_clip", "synthesize", "write_mp4", "DEFAULT_FRAMES", "SYNTH_VERSION"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A synthetic dataset recipe: its classes (label i = ``classes[i]``) and what tells them apart."""
+
+    name: str
+    description: str
+    classes: tuple[str, ...]
+    class_descriptions: tuple[str, ...]
+
+
+_SOURCE_SHAPES = ("disc", "square", "triangle", "star")
+_SOURCE_MOTIONS = {"sliding": "translates in a random direction", "spinning": "rotates in place",
+                   "pulsing": "grows and shrinks periodically", "bouncing": "hops up and down"}
+_TEMPORAL = {
+    "moving_left_to_right": "the object travels from left to right",
+    "moving_right_to_left": "the object travels from right to left",
+    "approaching": "the object grows (comes closer)",
+    "receding": "the object shrinks (moves away)",
+    "rotating_clockwise": "the object turns clockwise",
+    "rotating_counterclockwise": "the object turns counter-clockwise",
+    "appearing": "the object fades in",
+    "disappearing": "the object fades out",
+    "falling": "the object falls, accelerating downwards",
+    "rising": "the object is thrown upwards, slowing down",
+}
+# appearance classes: (object shape, preferred texture, background kind, background palette (2 RGB colours))
+_APPEARANCE: dict[str, tuple[str, str, str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "ball_on_grass": ("disc", "solid", "field", ((0.15, 0.45, 0.1), (0.35, 0.65, 0.2))),
+    "box_in_warehouse": ("square", "checker", "grid", ((0.45, 0.4, 0.35), (0.25, 0.22, 0.2))),
+    "kite_in_sky": ("diamond", "stripes", "gradient", ((0.45, 0.65, 0.95), (0.9, 0.95, 1.0))),
+    "star_at_night": ("star", "solid", "dots", ((0.03, 0.04, 0.15), (0.9, 0.9, 0.7))),
+    "ring_on_water": ("ring", "gradient", "waves", ((0.1, 0.35, 0.55), (0.2, 0.55, 0.7))),
+    "cross_on_road": ("cross", "solid", "stripes", ((0.3, 0.3, 0.32), (0.5, 0.5, 0.5))),
+    "triangle_on_sand": ("triangle", "rings", "field", ((0.8, 0.7, 0.45), (0.65, 0.55, 0.35))),
+    "pacman_in_maze": ("pacman", "solid", "grid", ((0.02, 0.02, 0.1), (0.15, 0.2, 0.8))),
+}
+
+PRESETS: dict[str, Preset] = {
+    "source": Preset(
+        "source", "broad pretraining domain: shape kind x motion kind, any appearance",
+        tuple(f"{s}_{m}" for s in _SOURCE_SHAPES for m in _SOURCE_MOTIONS),
+        tuple(f"a {s} that {d}" for s in _SOURCE_SHAPES for d in _SOURCE_MOTIONS.values()),
+    ),
+    "temporal": Preset(
+        "temporal", "Something-Something-like: classes differ only in how the object moves",
+        tuple(_TEMPORAL), tuple(_TEMPORAL.values()),
+    ),
+    "appearance": Preset(
+        "appearance", "HMDB-like: classes differ in what is seen (object, texture, background); motion is random",
+        tuple(_APPEARANCE),
+        tuple(f"a {v[1]} {v[0]} on a {v[2]} background" for v in _APPEARANCE.values()),
+    ),
+}
+_PRESET_IDS = {"source": 1, "temporal": 2, "appearance": 3}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Motion
+
+
+def _const(t: int, value: float) -> np.ndarray:
+    return np.full(t, value, dtype=np.float64)
+
+
+def _track(rng: np.random.Generator, size: int, t: int, shape: str, texture: str, colors: np.ndarray,
+           motion: str, radius: float) -> Track:
+    """A track of ``motion`` kind. Mirror motions are the same random draw played backwards."""
+    mirrors = {"moving_right_to_left": "moving_left_to_right", "receding": "approaching",
+               "rotating_counterclockwise": "rotating_clockwise", "disappearing": "appearing", "rising": "falling"}
+    if motion in mirrors:
+        return _track(rng, size, t, shape, texture, colors, mirrors[motion], radius).reversed()
+    tau = np.linspace(0.0, 1.0, t)
+    prog = tau ** rng.uniform(0.6, 1.6)  # varying speed profile: accelerating or decelerating
+    s = float(size)
+    # a small drift and wobble for every motion (nobody holds an object perfectly still)
+    drift = rng.uniform(-0.06, 0.06, 2) * s
+    wobble = rng.uniform(0, 0.015 * s) * np.sin(2 * np.pi * rng.uniform(0.5, 2) * tau + rng.uniform(0, 6.3))
+    cx = rng.uniform(0.3, 0.7) * s + drift[0] * (tau - 0.5) + wobble
+    cy = rng.uniform(0.3, 0.7) * s + drift[1] * (tau - 0.5) + wobble[::-1]
+    rad = _const(t, radius)
+    angle = _const(t, rng.uniform(0, 2 * np.pi))
+    opacity = _const(t, 1.0)
+    if motion == "moving_left_to_right":
+        travel = rng.uniform(0.4, 0.75) * s
+        cx = rng.uniform(0.4, 0.6) * s + (prog - 0.5) * travel
+        cy = rng.uniform(0.25, 0.75) * s + wobble
+    elif motion == "approaching":
+        start = rng.uniform(0.05, 0.1) * s
+        rad = start * rng.uniform(2.0, 3.2) ** prog
+    elif motion in ("rotating_clockwise", "spinning"):
+        turn = rng.uniform(0.75, 2.0) * np.pi if motion == "rotating_clockwise" else rng.uniform(1, 3) * np.pi
+        angle = angle + turn * prog * (1 if motion == "rotating_clockwise" else rng.choice([-1, 1]))
+    elif motion == "appearing":
+        a = rng.uniform(0.0, 0.35)
+        b = rng.uniform(a + 0.3, 1.0)
+        opacity = np.clip((tau - a) / (b - a), 0.0, 1.0)
+    elif motion == "falling":
+        cy = rng.uniform(0.1, 0.3) * s + rng.uniform(0.45, 0.65) * s * tau ** 2
+    elif motion == "sliding":
+        phi = rng.uniform(0, 2 * np.pi)
+        travel = rng.uniform(0.25, 0.6) * s
+        cx = cx + (prog - 0.5) * travel * np.cos(phi)
+        cy = cy + (prog - 0.5) * travel * np.sin(phi)
+    elif motion == "pulsing":
+        rad = radius * (1 + rng.uniform(0.25, 0.45) * np.sin(2 * np.pi * rng.uniform(1, 2.5) * tau
+                                                                + rng.uniform(0, 2 * np.pi)))
+    elif motion == "bouncing":
+        hops = rng.uniform(1.5, 3.0)
+        cy = rng.uniform(0.6, 0.8) * s - rng.uniform(0.2, 0.4) * s * np.abs(np.sin(np.pi * hops * tau))
+    elif motion == "wandering":
+        steps = rng.normal(0, rng.uniform(0.005, 0.02) * s, (2, t))
+        cx = cx + np.cumsum(steps[0])
+        cy = cy + np.cumsum(steps[1])
+        angle = angle + np.cumsum(rng.normal(0, 0.05, t))
+    elif motion != "static":
+        raise ValueError(f"unknown motion {motion!r}")
+    return Track(shape, texture, colors, cx.astype(np.float32), cy.astype(np.float32), rad.astype(np.float32),
+                 angle.astype(np.float32), opacity.astype(np.float32), freq=float(rng.uniform(1.5, 4.0)))
+
+
+def _object_colors(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
+    """Two object colours; the first keeps some contrast with the background's mean colour ``avoid``."""
+    for _ in range(4):
+        colors = rng.random((2, 3))
+        if np.abs(colors[0] - avoid).sum() > 0.45:
+            break
+    return colors
+
+
+def _palette(rng: np.random.Generator, base: tuple[tuple[float, ...], tuple[float, ...]] | None) -> np.ndarray:
+    colors = rng.random((2, 3)) if base is None else np.asarray(base) + rng.uniform(-0.12, 0.12, (2, 3))
+    return np.clip(colors, 0.0, 1.0)
+
+
+def _distractors(rng: np.random.Generator, size: int, t: int, count: int, bg_mean: np.ndarray) -> list[Track]:
+    shapes = tuple(SHAPES)
+    return [_track(rng, size, t, str(rng.choice(shapes)), str(rng.choice(tuple(TEXTURES))),
+                   _object_colors(rng, bg_mean), "wandering", rng.uniform(0.035, 0.08) * size)
+            for _ in range(count)]
+
+
+def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames: tuple[int, int]) -> Scene:
+    """The random scene of one clip of class ``label`` (all class-specific choices live here)."""
+    t = int(rng.integers(frames[0], frames[1] + 1))
+    pad = max(size // 16, 2)
+    world = size + 2 * pad
+    kind, palette = str(rng.choice(BACKGROUNDS)), None
+    texture = str(rng.choice(tuple(TEXTURES)))
+    radius = rng.uniform(0.09, 0.17) * size
+    if preset == "source":
+        shape, motion = PRESETS["source"].classes[label].split("_")
+        if motion == "spinning" and shape == "disc":  # a plain disc turning looks static: give it a visible pattern
+            texture = str(rng.choice(("stripes", "checker", "gradient")))
+    elif preset == "temporal":
+        shape, motion = str(rng.choice(ASYMMETRIC_SHAPES + ("diamond",))), PRESETS["temporal"].classes[label]
+    elif preset == "appearance":
+        shape, pref_texture, pref_kind, base = _APPEARANCE[PRESETS["appearance"].classes[label]]
+        motion = str(rng.choice(("sliding", "spinning", "pulsing", "bouncing", "wandering", "static")))
+        # Mostly the class's look, sometimes another: the object kind is the only fully reliable cue.
+        texture = pref_texture if rng.random() < 0.7 else texture
+        if rng.random() < 0.75:
+            kind, palette = pref_kind, base
+    else:
+        raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    bg = background(rng, world, kind, _palette(rng, palette))
+    clutter(rng, bg, int(rng.integers(0, 5)))
+    bg_mean = bg.mean(axis=(0, 1))
+    # world coordinates include the camera margin: shift the (screen-space) tracks by pad
+    tracks = _distractors(rng, size, t, int(rng.integers(0, 3)), bg_mean)
+    main = _track(rng, size, t, shape, texture, _object_colors(rng, bg_mean), motion, radius)
+    for track in (*tracks, main):
+        track.cx += pad
+        track.cy += pad
+    # distractors behind the main object most of the time, in front of it sometimes (occlusion)
+    order = [*tracks, main] if rng.random() < 0.8 else [main, *tracks]
+    return Scene(size=size, frames=t, background=bg, pad=pad, tracks=order, noise=float(rng.uniform(2, 7)),
+                 flicker=float(rng.uniform(0.01, 0.05)))
+
+
+def render_clip(preset: str, label: int, index: int, *, seed: int = 0, size: int = 128,
+                frames: tuple[int, int] = DEFAULT_FRAMES) -> np.ndarray:
+    """Frames (T, size, size, 3) uint8 RGB of clip ``index`` of class ``label`` (deterministic in all arguments)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    rng = np.random.default_rng([seed, _PRESET_IDS[preset], label, index])
+    return render(_scene(preset, label, rng, size, frames), rng)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, *, fps: int = FPS, codec: str | None = None) -> str:
+    """Encode (T, H, W, 3) uint8 RGB frames (even H and W) as mp4 with PyAV; returns the codec used.
+
+    libx264 (ultrafast, crf 20) when available, else mpeg4 (qscale 2); yuv420p; one encoder thread, so files are
+    reproducible and two writer processes do not oversubscribe the cores.
+    """
+    import av
+
+    codec = codec or _codec()
+    options = {"preset": "ultrafast", "crf": "20", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    return codec
+
+
+def _make_clip(job: tuple[str, int, int, int, int, tuple[int, int], str, str]) -> tuple[int, int, str, int]:
+    """Worker: render and write one clip; returns (label, index, relative path, frame count)."""
+    preset, label, index, seed, size, frames, out_dir, codec = job
+    name = PRESETS[preset].classes[label]
+    rel = f"{name}/{name}_{index:04d}.mp4"
+    video = render_clip(preset, label, index, seed=seed, size=size, frames=frames)
+    target = Path(out_dir) / rel
+    partial = target.with_name(target.name + ".part")
+    write_mp4(partial, video, codec=codec)
+    os.replace(partial, target)  # a crash never leaves a half-written clip under the final name
+    return label, index, rel, int(video.shape[0])
+
+
+def _split_counts(clips_per_class: int, val_fraction: float) -> int:
+    """Validation clips per class: at least one when a fraction is asked and there are two clips or more."""
+    if val_fraction <= 0 or clips_per_class < 2:
+        return 0
+    return min(max(int(round(clips_per_class * val_fraction)), 1), clips_per_class - 1)
+
+
+def _manifest_matches(out: Path, wanted: dict[str, Any]) -> bool:
+    try:
+        manifest = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if any(manifest.get(k) != v for k, v in wanted.items()):
+        return False
+    return all((out / f"{split}.txt").is_file() for split in ("train", "val"))
+
+
+def synthesize(
+    preset: str,
+    out_dir: str | Path,
+    clips_per_class: int = 40,
+    seed: int = 0,
+    size: int = 128,
+    *,
+    val_fraction: float = 0.2,
+    frames: tuple[int, int] = DEFAULT_FRAMES,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a synthetic dataset of ``preset`` under ``out_dir`` and return that directory.
+
+    A directory already holding the same dataset (same manifest parameters, split files present) is returned as
+    is (a cache for ``vpetl up``). A non-empty directory holding something else is refused unless ``overwrite``.
+    ``progress(done, total)`` is called after every clip; ``workers`` processes render in parallel (default: up to
+    2, one when there are few clips).
+    """
+    if preset not in PRESETS:
+        raise DatasetError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    if clips_per_class < 1:
+        raise DatasetError("clips_per_class must be at least 1")
+    if size < 32 or size % 2:
+        raise DatasetError("size must be an even number >= 32 (yuv420p video needs even sides)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DatasetError("val_fraction must be in [0, 1)")
+    if not 2 <= frames[0] <= frames[1]:
+        raise DatasetError("frames must be a range (min, max) with 2 <= min <= max")
+    spec = PRESETS[preset]
+    out = Path(out_dir)
+    wanted = {"version": SYNTH_VERSION, "preset": preset, "seed": seed, "size": size,
+              "clips_per_class": clips_per_class, "val_fraction": val_fraction, "frames": list(frames),
+              "classes": list(spec.classes)}
+    if _manifest_matches(out, wanted):
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DatasetError(f"{out} is not empty: choose another directory or pass overwrite (--overwrite)")
+    for name in spec.classes:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    (out / "dataset.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
+
+    codec = _codec()
+    jobs = [(preset, label, i, seed, size, tuple(frames), str(out), codec)
+            for label in range(len(spec.classes)) for i in range(clips_per_class)]
+    total = len(jobs)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    results: list[tuple[int, int, str, int]] = []
+    if workers <= 1 or total < 8:
+        for job in jobs:
+            results.append(_make_clip(job))
+            if progress:
+                progress(len(results), total)
+    else:
+        # fork: children only run numpy + PyAV, and start in milliseconds (spawn would re-import everything)
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(workers) as pool:
+            for result in pool.imap_unordered(_make_clip, jobs, chunksize=4):
+                results.append(result)
+                if progress:
+                    progress(len(results), total)
+    results.sort()
+
+    n_val = _split_counts(clips_per_class, val_fraction)
+    splits: dict[str, list[str]] = {"train": [], "val": []}
+    class_counts: dict[str, dict[str, int]] = {name: {"train": 0, "val": 0} for name in spec.classes}
+    for label, index, rel, _ in results:
+        split = "val" if index >= clips_per_class - n_val else "train"  # clips are i.i.d.: the last ones validate
+        splits[split].append(f"{rel} {label}")
+        class_counts[spec.classes[label]][split] += 1
+    for split, lines in splits.items():
+        (out / f"{split}.txt").write_text("".join(line + "\n" for line in lines))
+    (out / "classes.txt").write_text("".join(name + "\n" for name in spec.classes))
+    lengths = [n for *_, n in results]
+    manifest = {
+        **wanted,
+        "format": "vpetl-folder/1",
+        "generator": "vpetl.data.synth",
+        "description": spec.description,
+        "class_descriptions": dict(zip(spec.classes, spec.class_descriptions, strict=True)),
+        "codec": codec,
+        "fps": FPS,
+        "counts": {"train": len(splits["train"]), "val": len(splits["val"]), "total": total},
+        "class_counts": class_counts,
+        "frames_per_clip": {"min": min(lengths), "max": max(lengths), "mean": round(float(np.mean(lengths)), 2)},
+    }
+    (out / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out

@@ -1,0 +1,310 @@
+"""Versioned adapter store on Redis: :class:`AdapterStore` (blocking) and :class:`AsyncAdapterStore` (asyncio).
+
+Both run the same operations from ``_ops`` (key layout in ``keys``, Lua in ``_scripts``, records in ``records``);
+they differ only in whether a Redis call blocks or is awaited. Guarantees:
+
+- a version's bytes never change: blobs are content-addressed (``vpetl:blob:<sha256>``, SET NX) and a version
+  record is written once; publishing the same bytes again makes a new version with the same sha256;
+- publish writes the blob first, then one atomic script allocates ``latest + 1``, writes the record and moves the
+  ``current`` pointer, so a reader never sees a pointer whose record or blob is missing;
+- every publish / rollback / delete PUBLISHes ``{"event", "task", "version", "sha256"}`` on ``vpetl:events`` from
+  inside that script (subscribers hear of a change only once it is visible). Pub/sub is at-most-once: servers also
+  re-check pointers with :meth:`AdapterStore.get_pointers`;
+- version numbers are never reused, even after a delete, so ``(task, version)`` names one artifact forever.
+
+A client built from a URL retries connection errors with a short backoff, so the store survives a Redis restart.
+A retried publish whose first attempt did run on the server makes one extra version (same bytes): harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from vpetl.store import _ops
+from vpetl.store import keys as k
+from vpetl.store._ops import Op, Request, Script
+from vpetl.store._scripts import ADAPTER_SCRIPTS
+from vpetl.store.records import TaskSummary, VersionRecord, parse_event
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Backoff 50 ms doubling to 1 s, 8 retries: rides out a Redis restart (≈3 s) without hanging a request for long.
+RETRIES = 8
+SOCKET_TIMEOUT_S = 10.0  # an artifact read of a few hundred MB on loopback takes well under this
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _client_options() -> dict[str, Any]:
+    return {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "decode_responses": False,  # blobs are bytes
+    }
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A blocking redis-py client for ``url`` (``redis://``, ``rediss://``, ``unix://``) that retries on
+    connection errors, so it reconnects after a Redis restart."""
+    retry = redis.retry.Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES)
+    return redis.Redis.from_url(url, retry=retry, **_client_options())
+
+
+def async_redis_client(url: str) -> redis.asyncio.Redis:
+    """The asyncio counterpart of :func:`redis_client`."""
+    retry = redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES)
+    return redis.asyncio.Redis.from_url(url, retry=retry, **_client_options())
+
+
+def _check_binary(client: redis.Redis | redis.asyncio.Redis) -> None:
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        raise ValueError("the adapter store needs a Redis client with decode_responses=False (blobs are bytes)")
+
+
+class AdapterStore:
+    """Blocking adapter store (training worker, CLI, tests; the server uses :class:`AsyncAdapterStore`).
+
+    Args:
+        client: a Redis URL (the store then owns and closes its client) or a ``redis.Redis`` to share.
+    """
+
+    def __init__(self, client: str | redis.Redis) -> None:
+        self._owns_client = isinstance(client, str)
+        self.redis: redis.Redis = redis_client(client) if isinstance(client, str) else client
+        _check_binary(self.redis)
+        self._scripts = {name: self.redis.register_script(src) for name, src in ADAPTER_SCRIPTS.items()}
+
+    def _execute(self, request: Request) -> Any:
+        if isinstance(request, Script):
+            return self._scripts[request.name](keys=request.keys, args=request.args)
+        return self.redis.execute_command(*request.args)
+
+    def _run(self, op: Op[T]) -> T:
+        reply: Any = None
+        try:
+            while True:
+                reply = self._execute(op.send(reply))
+        except StopIteration as done:
+            return done.value
+
+    def publish(self, task: str, data: bytes, meta: Mapping[str, Any] | None = None) -> VersionRecord:
+        """Store ``data`` as the task's next version and make it current.
+
+        Args:
+            task: the task name (validated; :class:`~vpetl.errors.InvalidRequest` otherwise).
+            data: the artifact bytes (the store does not parse them; callers validate first).
+            meta: JSON-able metadata stored as-is in the record (method, trainable_params, num_classes, metrics,
+                backbone, backbone_sha256, labels, …); ``version``, ``task``, ``sha256``, ``size`` and
+                ``created_at`` are the store's and override same-named keys.
+        """
+        return self._run(_ops.publish(task, data, meta or {}))
+
+    def get_pointer(self, task: str) -> int | None:
+        """The task's current version, or ``None`` if the task does not exist."""
+        return self._run(_ops.get_pointers([task]))[task]
+
+    def get_pointers(self, tasks: Iterable[str]) -> dict[str, int | None]:
+        """Current versions of many tasks in one round trip (the server's periodic re-check)."""
+        return self._run(_ops.get_pointers(tasks))
+
+    def get_record(self, task: str, version: int | None = None) -> VersionRecord:
+        """The record of ``version`` (default: current). Raises UnknownTask / UnknownVersion."""
+        return self._run(_ops.get(task, version, with_blob=False))[0]
+
+    def get_bytes(self, task: str, version: int | None = None) -> tuple[VersionRecord, bytes]:
+        """Record and artifact bytes of ``version`` (default: current), read atomically together."""
+        record, blob = self._run(_ops.get(task, version, with_blob=True))
+        assert blob is not None  # the script returns the blob or an error status
+        return record, blob
+
+    def get_blob(self, sha256: str) -> bytes | None:
+        """Artifact bytes by sha256, or ``None`` if no version references (or is publishing) them."""
+        return self._run(_ops.get_blob(sha256))
+
+    def list_tasks(self) -> list[TaskSummary]:
+        """Every task with its current version record, sorted by name."""
+        return self._run(_ops.list_tasks())
+
+    def history(self, task: str) -> list[VersionRecord]:
+        """All versions of a task, oldest first. Raises UnknownTask."""
+        return self._run(_ops.history(task))
+
+    def rollback(self, task: str, version: int) -> VersionRecord:
+        """Make an existing version current (atomically; event ``rollback``). Returns its record."""
+        return self._run(_ops.rollback(task, version))
+
+    def delete(self, task: str) -> dict[str, int]:
+        """Remove the task, its versions and the blobs no other task uses (event ``delete``).
+
+        Returns ``{"versions": removed, "blobs_freed": n}``. Raises UnknownTask.
+        """
+        return self._run(_ops.delete(task))
+
+    def ping(self) -> bool:
+        """Whether Redis answers (readiness)."""
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        """Close the client if the store created it."""
+        if self._owns_client:
+            self.redis.close()
+
+    def __enter__(self) -> AdapterStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncAdapterStore:
+    """The asyncio adapter store: the same methods as :class:`AdapterStore`, awaitable, plus
+    :meth:`subscribe_events`.
+
+    Args:
+        client: a Redis URL (the store then owns and closes its client) or a ``redis.asyncio.Redis`` to share.
+    """
+
+    def __init__(self, client: str | redis.asyncio.Redis) -> None:
+        self._owns_client = isinstance(client, str)
+        self.redis: redis.asyncio.Redis = async_redis_client(client) if isinstance(client, str) else client
+        _check_binary(self.redis)
+        self._scripts = {name: self.redis.register_script(src) for name, src in ADAPTER_SCRIPTS.items()}
+
+    async def _execute(self, request: Request) -> Any:
+        if isinstance(request, Script):
+            return await self._scripts[request.name](keys=request.keys, args=request.args)
+        return await self.redis.execute_command(*request.args)
+
+    async def _run(self, op: Op[T]) -> T:
+        reply: Any = None
+        try:
+            while True:
+                reply = await self._execute(op.send(reply))
+        except StopIteration as done:
+            return done.value
+
+    async def publish(self, task: str, data: bytes, meta: Mapping[str, Any] | None = None) -> VersionRecord:
+        """See :meth:`AdapterStore.publish`."""
+        return await self._run(_ops.publish(task, data, meta or {}))
+
+    async def get_pointer(self, task: str) -> int | None:
+        """See :meth:`AdapterStore.get_pointer`."""
+        return (await self._run(_ops.get_pointers([task])))[task]
+
+    async def get_pointers(self, tasks: Iterable[str]) -> dict[str, int | None]:
+        """See :meth:`AdapterStore.get_pointers`."""
+        return await self._run(_ops.get_pointers(tasks))
+
+    async def get_record(self, task: str, version: int | None = None) -> VersionRecord:
+        """See :meth:`AdapterStore.get_record`."""
+        return (await self._run(_ops.get(task, version, with_blob=False)))[0]
+
+    async def get_bytes(self, task: str, version: int | None = None) -> tuple[VersionRecord, bytes]:
+        """See :meth:`AdapterStore.get_bytes`."""
+        record, blob = await self._run(_ops.get(task, version, with_blob=True))
+        assert blob is not None
+        return record, blob
+
+    async def get_blob(self, sha256: str) -> bytes | None:
+        """See :meth:`AdapterStore.get_blob`."""
+        return await self._run(_ops.get_blob(sha256))
+
+    async def list_tasks(self) -> list[TaskSummary]:
+        """See :meth:`AdapterStore.list_tasks`."""
+        return await self._run(_ops.list_tasks())
+
+    async def history(self, task: str) -> list[VersionRecord]:
+        """See :meth:`AdapterStore.history`."""
+        return await self._run(_ops.history(task))
+
+    async def rollback(self, task: str, version: int) -> VersionRecord:
+        """See :meth:`AdapterStore.rollback`."""
+        return await self._run(_ops.rollback(task, version))
+
+    async def delete(self, task: str) -> dict[str, int]:
+        """See :meth:`AdapterStore.delete`."""
+        return await self._run(_ops.delete(task))
+
+    async def ping(self) -> bool:
+        """See :meth:`AdapterStore.ping`."""
+        try:
+            return bool(await self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def subscribe_events(self) -> EventStream:
+        """Adapter events as dicts ``{"event": "publish"|"rollback"|"delete", "task", "version", "sha256"}``.
+
+        Use as ``async with store.subscribe_events() as events: async for event in events: ...``; the
+        subscription is active once ``__aenter__`` returns, so nothing published after that is missed (unless
+        the connection drops: pub/sub is at-most-once).
+        """
+        return EventStream(self.redis)
+
+    async def aclose(self) -> None:
+        """Close the client if the store created it."""
+        if self._owns_client:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncAdapterStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class EventStream:
+    """A subscription to ``vpetl:events`` yielding event dicts (see :meth:`AsyncAdapterStore.subscribe_events`)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+
+    async def __aenter__(self) -> EventStream:
+        await self._pubsub.subscribe(k.EVENTS_CHANNEL)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Unsubscribe and release the connection."""
+        await self._pubsub.aclose()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        event = await self.get(timeout=None)
+        assert event is not None  # get() without a timeout only returns with an event
+        return event
+
+    async def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event, or ``None`` after ``timeout`` seconds (``None``: wait for one)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            if message is not None and message.get("type") == "message":
+                event = parse_event(message["data"])
+                if event is not None:
+                    return event
+                logger.warning("ignoring a malformed message on %s: %.200r", k.EVENTS_CHANNEL, message["data"])
+            if deadline is not None and loop.time() >= deadline:
+                return None
