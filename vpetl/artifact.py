@@ -293,14 +293,14 @@ def _parse_header(data: bytes, where: str, max_header_bytes: int) -> tuple[dict[
 
 
 def _check_dtypes(entries: Mapping[str, Mapping[str, Any]], where: str) -> str:
-    bad = {name: e["dtype"] for name, e in entries.items() if e["dtype"] not in _READ_DTYPES}
+    bad = {name: str(e["dtype"]) for name, e in entries.items() if str(e["dtype"]) not in _READ_DTYPES}
     if bad:
         listed = ", ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
         bf16 = " bfloat16 cannot be read without torch; save as float32 or float16." if "BF16" in bad.values() else ""
         raise InvalidAdapter(
             f"{where}: adapter tensors must be float16/float32/float64; {len(bad)} are not: {listed}.{bf16}"
         )
-    codes = {e["dtype"] for e in entries.values()}
+    codes = {str(e["dtype"]) for e in entries.values()}
     return _DTYPE_NAMES[codes.pop()] if len(codes) == 1 else "mixed"
 
 
@@ -313,7 +313,8 @@ def _load_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, arr in loaded.items():
         # float32 for every consumer (torch copy_, onnxruntime inputs); float16 → float32 is exact.
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
         finite = np.isfinite(arr)
         if not finite.all():
             raise InvalidAdapter(f"{where}: tensor {name!r} has {int(arr.size - finite.sum())} NaN/Inf value(s)")

@@ -54,8 +54,10 @@ def adapter_meta(
     labels: list[str],
     metrics: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
+    created_at: str | None = None,
 ) -> AdapterMeta:
-    """The AdapterMeta describing ``model`` (method config, backbone name + hash, input spec, counts)."""
+    """The AdapterMeta describing ``model`` (method config, backbone name + hash, input spec, counts);
+    ``created_at`` defaults to now (pass a fixed one for byte-reproducible files)."""
     if len(labels) != model.num_classes:
         raise InvalidAdapter(f"{len(labels)} labels given for a model with {model.num_classes} classes")
     if model.method.trainable_backbone_parameters(model.backbone) and getattr(model.backbone, "_sha256", None) is None:
@@ -82,6 +84,7 @@ def adapter_meta(
         input_spec=model.backbone.input_spec,
         trainable_params=int(model.parameter_counts()["trainable"]),
         extra=extra,
+        **({"created_at": created_at} if created_at is not None else {}),
     )
 
 
@@ -94,6 +97,7 @@ def adapter_bytes(
     extra: Mapping[str, Any] | None = None,
     dtype: Literal["float32", "float16"] = "float32",
     path: str | Path | None = None,
+    created_at: str | None = None,
 ) -> bytes:
     """The adapter file for ``model`` as bytes (also written atomically to ``path`` when given).
 
@@ -105,8 +109,9 @@ def adapter_bytes(
         extra: free-form JSON-ready fields; ``{"servable": false}`` is added for full fine-tuning.
         dtype: on-disk float type.
         path: optional file to write.
+        created_at: ISO-8601 UTC timestamp recorded in the file (default now); fix it for reproducible bytes.
     """
-    meta = adapter_meta(model, task=task, labels=labels, metrics=metrics, extra=extra)
+    meta = adapter_meta(model, task=task, labels=labels, metrics=metrics, extra=extra, created_at=created_at)
     tensors = {name: _to_numpy(t) for name, t in model.trainable_state_dict().items()}
     return write_adapter(tensors, meta, path, dtype=dtype)
 
@@ -120,9 +125,12 @@ def save_adapter(
     metrics: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
     dtype: Literal["float32", "float16"] = "float32",
+    created_at: str | None = None,
 ) -> str:
     """Write ``model``'s adapter file to ``path`` (atomically) and return its sha256 — the adapter's identity."""
-    data = adapter_bytes(model, task=task, labels=labels, metrics=metrics, extra=extra, dtype=dtype, path=path)
+    data = adapter_bytes(
+        model, task=task, labels=labels, metrics=metrics, extra=extra, dtype=dtype, path=path, created_at=created_at
+    )
     logger.info(
         "saved adapter task=%s method=%s sha256=%s to %s", task, model.config.method, adapter_sha256(data)[:12], path
     )

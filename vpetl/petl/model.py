@@ -225,8 +225,9 @@ def create_model(
         method_config: a MethodConfig, a method name (its defaults), or a full config dict (strict).
         num_classes: K, the head's output width.
         seed: seeds the adapter and head init (same seed, same init; the backbone's weights are never touched).
-        share_backbone: attach to the given Backbone object itself instead of a private deep copy. Saves memory
-            when models use one backbone in turn; refused for methods that train backbone weights in place.
+        share_backbone: attach to the given Backbone object itself instead of a private deep copy (the copy
+            drops adapters other models attached to the original). Saves memory when models use one backbone in
+            turn; refused for methods that train backbone weights in place.
 
     Returns:
         The model, in train mode with the backbone in eval mode.
@@ -244,6 +245,8 @@ def create_model(
     elif not share_backbone:
         method.check_backbone(backbone)  # refuse before paying for the copy
         backbone = copy.deepcopy(backbone)
+        for block in backbone.adaptable_blocks():
+            block.adapters.clear()  # the copy is private: adapters another model attached to the original go
     elif method.trainable_backbone_parameters(backbone):
         raise InvalidRequest(f"{config.method} trains backbone weights in place: it cannot share the backbone")
     return PetlModel(backbone, method, num_classes, seed=seed)

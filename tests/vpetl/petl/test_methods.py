@@ -333,8 +333,10 @@ def test_share_backbone(backbones: dict[str, Backbone]) -> None:
     assert first.backbone is backbone
     with pytest.raises(InvalidRequest, match="already carries adapters"):
         create_model(backbone, "adaptmlp", K, share_backbone=True)
-    copied = create_model(backbone, "adaptmlp", K)  # a private copy is fine... but carries the adapters too
+    copied = create_model(backbone, "adaptmlp", K)  # a private copy, without the other model's adapters
     assert copied.backbone is not backbone
+    assert set(copied.backbone.adaptable_blocks()[0].adapters) == {"adaptmlp"}
+    assert set(backbone.adaptable_blocks()[0].adapters) == {"patt"}
     first.remove_adapters()
     assert not any(len(b.adapters) for b in backbone.adaptable_blocks())
     create_model(backbone, "adaptmlp", K, share_backbone=True)

@@ -1,0 +1,225 @@
+"""The predictor: one AdapterBank behind one micro-batcher, fed from the Redis adapter store.
+
+Per request: resolve the task's version (the request's, else the current pointer), make sure that (task, version)
+is loaded (per-key lock: concurrent requests for one cold adapter load it once; other tasks never wait on it), pin
+it so the request finishes on the version it started with, and join the next mixed-task batch.
+
+Freshness: a listener on ``vpetl:events`` updates the pointer cache and drops stale versions as soon as a version
+is published, rolled back or deleted; a periodic pointer check covers missed events (pub/sub is at-most-once).
+The same class runs in the local engine (uvicorn) and in every Ray Serve predictor replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.batcher import MicroBatcher
+from vpetl.errors import UnknownTask, VpetlError
+from vpetl.petl.bank import AdapterBank
+from vpetl.petl.bank_tasks import TaskAdapter
+from vpetl.store import AsyncAdapterStore
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+@dataclass
+class Prediction:
+    task: str
+    version: int
+    adapter_sha256: str
+    predictions: list[dict[str, Any]]
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "version": self.version,
+            "adapter_sha256": self.adapter_sha256,
+            "predictions": self.predictions,
+            "timing_ms": self.timing_ms,
+        }
+
+
+@dataclass
+class _Item:
+    clip: torch.Tensor  # (C, T, H, W)
+    key: Key
+
+
+class Predictor:
+    """Mixed-task predictions over an :class:`AdapterBank`.
+
+    Args:
+        bank: the engine (owns the frozen backbone).
+        store: the async Redis adapter store.
+        max_batch_size / max_wait_ms / max_queue: micro-batcher policy.
+        pointer_check_s: period of the pointer re-check.
+        on_batch / on_load: metrics callbacks.
+    """
+
+    def __init__(
+        self,
+        bank: AdapterBank,
+        store: AsyncAdapterStore,
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        pointer_check_s: float = 0.5,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+        on_load: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.bank, self.store = bank, store
+        self.batcher: MicroBatcher[_Item, tuple[Any, float]] = MicroBatcher(
+            self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            on_batch=on_batch,
+        )
+        self.pointer_check_s = pointer_check_s
+        self.on_load = on_load
+        self.pointers: dict[str, int] = {}
+        self._load_locks: dict[Key, asyncio.Lock] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._watch_events(), name="vpetl-events"),
+            loop.create_task(self._check_pointers(), name="vpetl-pointer-check"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background = []
+        await self.batcher.close()
+
+    # ------------------------------------------------------------------------------------------- freshness
+    def _apply_pointer(self, task: str, version: int | None) -> None:
+        old = self.pointers.get(task)
+        if version is None:
+            self.pointers.pop(task, None)
+        else:
+            self.pointers[task] = version
+        if old is not None and old != version:
+            # Drop the stale version unless a running batch pins it (it is dropped on a later check then).
+            self.bank.evict(task, old)
+        for key in [k for k in self.bank.cache.keys() if k[0] == task and k[1] != version]:  # type: ignore[index]
+            self.bank.evict(*key)  # type: ignore[misc]
+
+    async def _watch_events(self) -> None:
+        while True:
+            try:
+                async with self.store.subscribe_events() as events:
+                    async for event in events:
+                        task = event.get("task")
+                        if not isinstance(task, str):
+                            continue
+                        if event.get("event") == "delete":
+                            self._apply_pointer(task, None)
+                        elif isinstance(event.get("version"), int) and event.get("event") == "publish":
+                            self._apply_pointer(task, event["version"])
+                        else:  # rollback (or anything else): read the pointer itself
+                            self._apply_pointer(task, await self.store.get_pointer(task))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis restarted: resubscribe after a pause; cached adapters keep serving
+                logger.warning("event subscription lost (%s); retrying", e)
+                await asyncio.sleep(0.5)
+
+    async def _check_pointers(self) -> None:
+        while True:
+            await asyncio.sleep(self.pointer_check_s)
+            tasks = list(self.pointers)
+            if not tasks:
+                continue
+            try:
+                current = await self.store.get_pointers(tasks)
+            except Exception as e:
+                logger.debug("pointer check failed: %s", e)
+                continue
+            for task, version in current.items():
+                if self.pointers.get(task) != version:
+                    self._apply_pointer(task, version)
+
+    # -------------------------------------------------------------------------------------------- requests
+    async def resolve(self, task: str, version: int | None) -> int:
+        """The version a request runs on: the one asked for, else the cached pointer, else Redis."""
+        if version is not None:
+            return version
+        cached = self.pointers.get(task)
+        if cached is not None:
+            return cached
+        current = await self.store.get_pointer(task)
+        if current is None:
+            raise UnknownTask(f"no adapter is published for task {task!r}")
+        self.pointers[task] = current
+        return current
+
+    async def ensure_loaded(self, task: str, version: int) -> TaskAdapter:
+        key = (task, version)
+        adapter = self.bank.get(task, version)
+        if adapter is not None:
+            return adapter
+        lock = self._load_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            adapter = self.bank.get(task, version)
+            if adapter is None:
+                started = time.perf_counter()
+                record, data = await self.store.get_bytes(task, version)
+                adapter = await asyncio.to_thread(self.bank.load, task, record.version, data)
+                if self.on_load is not None:
+                    self.on_load(task, time.perf_counter() - started)
+        self._load_locks.pop(key, None)
+        return adapter
+
+    async def predict(self, clip: np.ndarray, task: str, version: int | None = None, topk: int = 5) -> Prediction:
+        """Top-k labels for one preprocessed clip (C, T, H, W) under the task's adapter."""
+        started = time.perf_counter()
+        version = await self.resolve(task, version)
+        adapter = await self.ensure_loaded(task, version)
+        key = (task, version)
+        self.bank.cache.pin([key])  # finish on the version we started with, even if a publish lands now
+        try:
+            (logits, model_s), waited = await self.batcher.submit(_Item(torch.from_numpy(clip), key))
+        finally:
+            self.bank.cache.unpin([key])
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = max(1, min(topk, probs.shape[0]))
+        scores, index = probs.topk(k)
+        labels = adapter.labels
+        return Prediction(
+            task=task,
+            version=version,
+            adapter_sha256=adapter.sha256,
+            predictions=[
+                {"label": labels[i] if i < len(labels) else str(i), "index": int(i), "score": float(s)}
+                for s, i in zip(scores.tolist(), index.tolist(), strict=True)
+            ],
+            timing_ms={
+                "queue": round(waited * 1000, 3),
+                "model": round(model_s * 1000, 3),
+                "total": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+    def _run_batch(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
+        started = time.perf_counter()
+        clips = torch.stack([item.clip for item in items])  # (B, C, T, H, W)
+        results = self.bank.forward(clips, [item.key for item in items])
+        elapsed = time.perf_counter() - started
+        return [r if isinstance(r, VpetlError) else (r, elapsed) for r in results]
