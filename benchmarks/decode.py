@@ -61,15 +61,7 @@ def pyav_clip(path: Path, spec: InputSpec, train: bool = False, rng: np.random.G
             if i >= indices.max():
                 break
     frames = np.stack([kept[i] for i in indices])  # (T, H, W, 3)
-    _, h, w, _ = frames.shape
-    rh, rw = V.short_side_dims(h, w, spec.resize_short)
-    if train:
-        top, left, bh, bw = V.multi_scale_crop_box(rh, rw, spec.size, rng)
-    else:
-        (top, left), = V.spatial_crop_offsets(rh, rw, spec.size, 1)
-        bh = bw = spec.size
-    box = V._box_in_source(h, w, spec.resize_short, top, left, bh, bw)
-    return V.normalize(V._resample(frames, *box, spec.size, spec.size), spec.mean, spec.std)
+    return V.preprocess(frames, spec, train=train, rng=rng)
 
 
 def clips_per_second(fn: Callable[[Path], np.ndarray], paths: list[Path]) -> float:

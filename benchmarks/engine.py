@@ -74,6 +74,15 @@ def make_adapters(backbone_name: str, method: str, options: dict, n: int, classe
     return out
 
 
+def naive_swap(model: torch.nn.Module, states: list[dict[str, torch.Tensor]], clips: torch.Tensor, n: int) -> None:
+    """What stock batching + a module swap does: one sub-batch per task, its weights copied into the modules first."""
+    with torch.inference_mode():
+        for t in range(n):
+            rows = [i for i in range(clips.shape[0]) if i % n == t]
+            model.load_trainable_state_dict(states[t])
+            model(clips[rows])
+
+
 def flop_bound(backbone: torch.nn.Module, method: str, options: dict, tokens: int) -> float:
     """Backbone FLOPs ÷ (backbone + adapter FLOPs) per token: the best adapter tax the arithmetic allows."""
     per_token_backbone = 0
@@ -92,9 +101,13 @@ def run(args: argparse.Namespace) -> dict:
     B = args.batch
     clips = torch.randn(B, 3, spec[0], spec[1], spec[1])
     results: dict = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "config": {"backbone": args.backbone, "batch": B, "frames": spec[0], "size": spec[1], "repeats": args.repeats},
     }
     tokens = backbone.token_info(spec[0], spec[1])["tokens"]
@@ -113,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
                 "frozen": lambda: frozen.backbone(clips),
             }
             for n, keys in mixes.items():
-                arms[f"N={n}"] = (lambda k=keys, bk=bank: bk.forward(clips, k))
+                arms[f"N={n}"] = lambda k=keys, bk=bank: bk.forward(clips, k)
             timed = alternate(arms, args.repeats)
             base = timed["N=1"][0]
             per_strategy[strategy] = {
@@ -128,13 +141,6 @@ def run(args: argparse.Namespace) -> dict:
 
         states = [{k: torch.from_numpy(v) for k, v in read_adapter(d).tensors.items()} for d in adapters]
 
-        def naive(n: int) -> None:
-            with torch.inference_mode():
-                for t in range(n):
-                    rows = [i for i in range(B) if i % n == t]
-                    naive_model.load_trainable_state_dict(states[t])
-                    naive_model(clips[rows])
-
         best = min(per_strategy, key=lambda s: per_strategy[s]["seconds"][f"N={B}"])
         bank = AdapterBank(create_backbone(args.backbone), strategy=best)
         for i, data in enumerate(adapters):
@@ -142,15 +148,17 @@ def run(args: argparse.Namespace) -> dict:
         naive_arms: dict[str, Callable[[], object]] = {}
         for n in sorted({1, min(4, B), B}):
             keys = [(f"t{i % n}", 1) for i in range(B)]
-            naive_arms[f"bank N={n}"] = (lambda k=keys: bank.forward(clips, k))
-            naive_arms[f"naive N={n}"] = (lambda n=n: naive(n))
+            naive_arms[f"bank N={n}"] = lambda k=keys, bk=bank: bk.forward(clips, k)
+            naive_arms[f"naive N={n}"] = lambda n=n, m=naive_model, st=states: naive_swap(m, st, clips, n)
         timed = alternate(naive_arms, args.repeats)
         results[method] = {
             "options": options,
             "strategies": per_strategy,
             "best_strategy": best,
             "flop_bound": flop_bound(backbone, method, options, tokens),
-            "vs_naive": {f"N={n}": timed[f"naive N={n}"][0] / timed[f"bank N={n}"][0] for n in sorted({1, min(4, B), B})},
+            "vs_naive": {
+                f"N={n}": timed[f"naive N={n}"][0] / timed[f"bank N={n}"][0] for n in sorted({1, min(4, B), B})
+            },
         }
     results["cold_load"] = cold_loads(args)
     return results

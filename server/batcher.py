@@ -90,9 +90,7 @@ class MicroBatcher(Generic[Req, Res]):
             queue.put_nowait(pending)
         except asyncio.QueueFull:
             self.stats.rejected += 1
-            raise Overloaded(
-                f"the prediction queue is full ({self.max_queue} waiting); retry shortly"
-            ) from None
+            raise Overloaded(f"the prediction queue is full ({self.max_queue} waiting); retry shortly") from None
         result, waited = await pending.future
         if isinstance(result, BaseException):
             raise result

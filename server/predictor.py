@@ -82,7 +82,10 @@ class Predictor:
     ) -> None:
         self.bank, self.store = bank, store
         self.batcher: MicroBatcher[_Item, tuple[Any, float]] = MicroBatcher(
-            self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
             on_batch=on_batch,
         )
         self.pointer_check_s = pointer_check_s

@@ -7,7 +7,8 @@ preprocess with it, and it travels in adapter and backbone metadata.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,3 +39,155 @@ class InputSpec(BaseModel):
     def resize_short(self) -> int:
         """Short side before the centre crop (the usual 256/224 ratio)."""
         return int(round(self.size * 256 / 224))
+
+
+# ------------------------------------------------------------------------------------------------ HTTP API schemas
+# The bodies of the HTTP API (DESIGN.md, "HTTP API"): the server declares them as response models, the edge SDK
+# parses responses with them. Unknown fields are ignored so an older edge keeps working against a newer server.
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="stable machine-readable code, e.g. unknown_task, too_large")
+    message: str = Field(..., description="for humans: what went wrong and what to do")
+
+
+class ErrorResponse(BaseModel):
+    """Every error response: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class LabelScore(BaseModel):
+    label: str
+    index: int = Field(..., ge=0, description="class index in the adapter's label order")
+    score: float = Field(..., description="softmax probability")
+
+
+class PredictionTiming(BaseModel):
+    """Milliseconds spent per stage of one request."""
+
+    decode: float = Field(..., description="decode + sample + preprocess of the uploaded clip")
+    queue: float = Field(..., description="wait in the micro-batcher's queue")
+    model: float = Field(..., description="the batch's forward (shared by the batch)")
+    total: float = Field(..., description="the whole request as the server saw it (body read included)")
+
+
+class PredictionResponse(BaseModel):
+    """``POST /predict``: the top-k labels under the adapter version that served the request."""
+
+    task: str
+    version: int = Field(..., ge=1, description="the adapter version that served this request")
+    adapter_sha256: str
+    predictions: list[LabelScore]
+    timing_ms: PredictionTiming
+
+
+class VersionInfo(BaseModel):
+    """One published adapter version (``GET /adapters/{task}`` lists them oldest first)."""
+
+    version: int = Field(..., ge=1)
+    sha256: str = Field(..., description="sha256 of the artifact bytes; the download's ETag")
+    size: int = Field(..., ge=0, description="artifact size in bytes")
+    created_at: datetime
+    current: bool = Field(False, description="whether requests without ?version= get this version")
+    method: str | None = None
+    trainable_params: int | None = None
+    num_classes: int | None = None
+    labels: list[str] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    backbone: str | None = None
+    backbone_sha256: str | None = None
+
+
+class AdapterInfo(BaseModel):
+    """A task as ``GET /adapters`` lists it: its current version and that version's description."""
+
+    task: str
+    version: int = Field(..., ge=1, description="the current version")
+    latest_version: int = Field(..., ge=1, description="the highest version published (a rollback can lag it)")
+    num_versions: int = Field(..., ge=0)
+    sha256: str
+    size: int = Field(..., ge=0)
+    method: str | None = None
+    trainable_params: int | None = None
+    num_classes: int | None = None
+    labels: list[str] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    backbone: str | None = None
+    backbone_sha256: str | None = None
+    created_at: datetime = Field(..., description="when the task was first published")
+    updated_at: datetime = Field(..., description="when its pointer last moved")
+
+
+class AdapterList(BaseModel):
+    """``GET /adapters``: every task, sorted by name."""
+
+    adapters: list[AdapterInfo]
+
+
+class AdapterDetail(AdapterInfo):
+    """``GET /adapters/{task}``: the task with its whole version history (oldest first)."""
+
+    versions: list[VersionInfo]
+
+
+class AdapterRef(BaseModel):
+    """Which version a write produced: ``PUT /adapters/{task}`` (201) and ``POST /adapters/{task}/rollback``."""
+
+    task: str
+    version: int = Field(..., ge=1)
+    sha256: str
+
+
+class RollbackRequest(BaseModel):
+    """``POST /adapters/{task}/rollback`` body: the existing version to make current."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(..., ge=1)
+
+
+class AdapterDeleted(BaseModel):
+    """``DELETE /adapters/{task}``."""
+
+    task: str
+    versions_removed: int = Field(..., ge=0)
+
+
+class ClipUploaded(BaseModel):
+    """``POST /datasets/{task}/clips`` (201): the stored clip; ``duplicate`` when these bytes were already there."""
+
+    task: str
+    label: str
+    split: Literal["train", "val"]
+    sha256: str
+    size: int = Field(..., ge=1)
+    duplicate: bool = False
+
+
+class DatasetCounts(BaseModel):
+    """``GET /datasets/{task}``: clip counts ``{split: {label: n}}``."""
+
+    task: str
+    counts: dict[str, dict[str, int]]
+    total: int = Field(..., ge=0)
+
+
+class BackboneInfo(BaseModel):
+    """``GET /backbone``: what the edge must match (the input spec) and what adapters are checked against."""
+
+    name: str
+    family: str
+    sha256: str = Field(..., description="content hash of the frozen weights; adapters record it")
+    input_spec: InputSpec
+    num_features: int
+    parameters: int = Field(..., description="number of frozen backbone parameters")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, bool]

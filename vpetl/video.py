@@ -42,23 +42,9 @@ RngLike = np.random.Generator | int | None
 MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 
 __all__ = [
-    "MULTI_SCALES",
-    "VideoInfo",
-    "VideoLimits",
-    "DEFAULT_LIMITS",
-    "decode_info",
-    "sample_indices",
-    "read_frames",
-    "resize",
-    "resize_short_side",
-    "short_side_dims",
-    "center_crop",
-    "spatial_crop_offsets",
-    "multi_scale_crop_box",
-    "multi_scale_crop",
-    "normalize",
-    "load_clip",
-    "load_views",
+    "MULTI_SCALES", "VideoInfo", "VideoLimits", "DEFAULT_LIMITS", "decode_info", "sample_indices", "read_frames",
+    "resize", "resize_short_side", "short_side_dims", "center_crop", "spatial_crop_offsets", "multi_scale_crop_box",
+    "multi_scale_crop", "normalize", "preprocess", "load_clip", "load_views",
 ]
 
 
@@ -547,6 +533,24 @@ def _box_in_source(h: int, w: int, short: int, top: float, left: float, bh: floa
     return top * sy, left * sx, bh * sy, bw * sx
 
 
+def preprocess(frames: np.ndarray, spec: InputSpec, *, train: bool = False, rng: RngLike = None,
+               crop: tuple[int, int] | None = None) -> np.ndarray:
+    """Decoded frames (T, H, W, 3) → model input (C, T, size, size) float32, in one bilinear resample.
+
+    Test: short side → ``spec.resize_short`` then the centre crop (or the crop at ``crop = (top, left)`` on the
+    resized frame); training: a multi-scale crop box drawn from ``rng``, resized to ``spec.size``.
+    """
+    _, h, w, _ = frames.shape
+    rh, rw = short_side_dims(h, w, spec.resize_short)
+    if train:
+        top, left, bh, bw = multi_scale_crop_box(rh, rw, spec.size, rng)
+    else:
+        (top, left), = [crop] if crop is not None else spatial_crop_offsets(rh, rw, spec.size, 1)
+        bh = bw = spec.size
+    box = _box_in_source(h, w, spec.resize_short, top, left, bh, bw)
+    return normalize(_resample(frames, *box, spec.size, spec.size), spec.mean, spec.std)
+
+
 def load_clip(source: VideoSource, spec: InputSpec, *, train: bool = False, rng: RngLike = None,
               limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
     """One model input (C, T, H, W) float32 from a path or bytes, exactly as ``spec`` describes.
@@ -560,15 +564,7 @@ def load_clip(source: VideoSource, spec: InputSpec, *, train: bool = False, rng:
         indices = sample_indices(info.num_frames, spec.num_frames, sampling=spec.sampling,
                                  sampling_rate=spec.sampling_rate, train=train, rng=gen)
         frames = _get_frames(reader, indices, name)
-    _, h, w, _ = frames.shape
-    rh, rw = short_side_dims(h, w, spec.resize_short)
-    if train:
-        top, left, bh, bw = multi_scale_crop_box(rh, rw, spec.size, gen)
-    else:
-        (top, left), = spatial_crop_offsets(rh, rw, spec.size, 1)
-        bh = bw = spec.size
-    box = _box_in_source(h, w, spec.resize_short, top, left, bh, bw)
-    return normalize(_resample(frames, *box, spec.size, spec.size), spec.mean, spec.std)
+    return preprocess(frames, spec, train=train, rng=gen)
 
 
 def load_views(source: VideoSource, spec: InputSpec, num_clips: int = 4, num_crops: int = 3, *,
@@ -585,12 +581,7 @@ def load_views(source: VideoSource, spec: InputSpec, num_clips: int = 4, num_cro
                  for i in range(num_clips)]
         flat = _get_frames(reader, np.concatenate(clips), name)  # (num_clips * T, H, W, 3)
     frames = flat.reshape(num_clips, spec.num_frames, *flat.shape[1:])  # (num_clips, T, H, W, 3)
-    _, _, h, w, _ = frames.shape
-    rh, rw = short_side_dims(h, w, spec.resize_short)
-    views = []
-    for clip in frames:
-        for top, left in spatial_crop_offsets(rh, rw, spec.size, num_crops):
-            box = _box_in_source(h, w, spec.resize_short, top, left, spec.size, spec.size)
-            views.append(normalize(_resample(clip, *box, spec.size, spec.size), spec.mean, spec.std))
+    rh, rw = short_side_dims(frames.shape[2], frames.shape[3], spec.resize_short)
+    offsets = spatial_crop_offsets(rh, rw, spec.size, num_crops)
+    views = [preprocess(clip, spec, crop=offset) for clip in frames for offset in offsets]
     return np.stack(views)  # (V, C, T, H, W)
-

@@ -5,11 +5,11 @@ Command modules import torch-heavy code lazily inside the command bodies so ``vp
 
 from __future__ import annotations
 
-from server.cli.app import app
 from server.cli import bench as _bench  # noqa: F401  (registers `vpetl bench`)
 from server.cli import data as _data  # noqa: F401  (registers `vpetl data …`)
 from server.cli import inspect as _inspect  # noqa: F401  (registers `vpetl inspect`)
 from server.cli import up as _up  # noqa: F401  (registers `vpetl up`)
+from server.cli.app import app
 
 
 def main() -> None:

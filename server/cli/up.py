@@ -9,6 +9,7 @@ from server.cli.app import app, console
 def up() -> None:
     """Start vpetl with everything embedded: Redis, the demo backbone, two demo tasks, the local engine."""
     console.print(
-        "[bold]vpetl up[/]: the serving stack (embedded Redis, demo backbone, demo tasks, HTTP API) is not built yet.\n"
+        "[bold]vpetl up[/]: the serving stack (embedded Redis, demo backbone, demo tasks, HTTP API) "
+        "is not built yet.\n"
         "What works today: [cyan]vpetl inspect --backbone swin3d-b --json[/] and [cyan]vpetl data synth --help[/]."
     )

@@ -34,8 +34,9 @@ def test_one_failed_item_fails_only_its_caller() -> None:
 
     async def main() -> tuple[object, ...]:
         batcher = MicroBatcher(fn, max_batch_size=8, max_wait_ms=20)
-        out = await asyncio.gather(batcher.submit("a"), batcher.submit("bad"), batcher.submit("c"),
-                                   return_exceptions=True)
+        out = await asyncio.gather(
+            batcher.submit("a"), batcher.submit("bad"), batcher.submit("c"), return_exceptions=True
+        )
         await batcher.close()
         return tuple(out)
 

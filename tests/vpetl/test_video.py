@@ -39,6 +39,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     wide = V.resize(small, 120, 160)
     write_mp4(paths["wide"], np.repeat(wide, 24, axis=0))
     write_mp4(paths["const"], np.full((12, 48, 64, 3), (200, 100, 50), np.uint8))
+    paths["webm"] = root / "ramp.webm"  # Something-Something v2 ships VP9 webm
+    with av.open(str(paths["webm"]), "w", format="webm") as container:
+        stream = container.add_stream("libvpx-vp9", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in _gray_ramp(20, 48, 64):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
     return paths
 
 
@@ -170,6 +177,15 @@ def test_decode_info_and_read_frames(clips: dict[str, Path]) -> None:
     np.testing.assert_allclose(frames.reshape(5, -1).mean(axis=1), [10 + 5 * i for i in idx], atol=2.5)
     with pytest.raises(InvalidVideo):
         V.read_frames(clips["ramp"], [40])
+
+
+def test_webm_vp9(clips: dict[str, Path]) -> None:
+    info = V.decode_info(clips["webm"])
+    assert (info.num_frames, info.height, info.width) == (20, 48, 64)
+    frames = V.read_frames(clips["webm"], [0, 19])
+    np.testing.assert_allclose(frames.reshape(2, -1).mean(axis=1), [10, 105], atol=3)
+    spec = InputSpec(num_frames=8, sampling="uniform", size=32)
+    assert V.load_clip(clips["webm"].read_bytes(), spec).shape == (3, 8, 32, 32)
 
 
 def test_load_clip_constant_colour_normalises_exactly(clips: dict[str, Path]) -> None:

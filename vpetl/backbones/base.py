@@ -55,7 +55,9 @@ class Backbone(nn.Module):
                 "(use x.unsqueeze(0) for a single clip)"
             )
         if x.shape[1] != 3:
-            raise InvalidInput(f"{self.name}: expected 3 colour channels at dim 1, got {x.shape[1]} (shape {tuple(x.shape)})")
+            raise InvalidInput(
+                f"{self.name}: expected 3 colour channels at dim 1, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
         if not x.is_floating_point():
             raise InvalidInput(f"{self.name}: expected a float tensor, got {x.dtype} (normalise the clip first)")
         if x.shape[2] < self.min_frames():

@@ -138,7 +138,7 @@ def convert_videomae_hf(sd: Mapping[str, Tensor]) -> StateDict:
             idx, rest = m.groups()
             for src, dst in _HF_BLOCK.items():
                 if rest == src or rest.startswith(src + "."):
-                    out[f"blocks.{idx}.{dst}{rest[len(src):]}"] = value
+                    out[f"blocks.{idx}.{dst}{rest[len(src) :]}"] = value
                     break
             else:
                 out[k] = value  # unknown: reported by the strict load
@@ -218,9 +218,7 @@ def load_checkpoint(model: Backbone, source: str | Path | Mapping[str, Tensor], 
             if items:
                 shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{label} keys: {shown}")
-        raise CheckpointError(
-            f"checkpoint ({fmt} format) does not match backbone {model.name!r}: " + "; ".join(parts)
-        )
+        raise CheckpointError(f"checkpoint ({fmt} format) does not match backbone {model.name!r}: " + "; ".join(parts))
     with torch.no_grad():
         for key, tensor in expected.items():
             tensor.copy_(converted[key].to(tensor.dtype))

@@ -95,7 +95,12 @@ class FrameViT(Backbone):
         tokens = self.norm_pre(tokens + self.position_embedding(h // p, w // p))
         for i, block in enumerate(self.blocks):
             ctx = BlockContext(
-                batch_size=b, rows_per_sample=t, grid=(t, h // p, w // p), num_prefix_tokens=1, frames=t, tag=tag,
+                batch_size=b,
+                rows_per_sample=t,
+                grid=(t, h // p, w // p),
+                num_prefix_tokens=1,
+                frames=t,
+                tag=tag,
                 block_index=i,
             )
             tokens = block(tokens, ctx)
@@ -110,8 +115,12 @@ class FrameViT(Backbone):
 
     def token_info(self, frames: int, size: int) -> dict[str, Any]:
         g = size // self.config.patch_size
-        return {"grid": [frames, g, g], "tokens": frames * (1 + g * g), "attention_rows_per_clip": frames,
-                "tokens_per_attention": 1 + g * g}
+        return {
+            "grid": [frames, g, g],
+            "tokens": frames * (1 + g * g),
+            "attention_rows_per_clip": frames,
+            "tokens_per_attention": 1 + g * g,
+        }
 
     def param_breakdown(self) -> dict[str, int]:
         out = {

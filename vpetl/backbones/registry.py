@@ -27,7 +27,9 @@ VIDEOMAE_SPEC = InputSpec(num_frames=16, sampling="dense", sampling_rate=4, size
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIT_SPEC = InputSpec(num_frames=8, sampling="uniform", sampling_rate=1, size=224, mean=CLIP_MEAN, std=CLIP_STD)
-DEMO_SPEC = InputSpec(num_frames=8, sampling="dense", sampling_rate=2, size=112, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+DEMO_SPEC = InputSpec(
+    num_frames=8, sampling="dense", sampling_rate=2, size=112, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ def _videomae_b(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
 @register_backbone("videomae-tiny", "tiny VideoMAE-style ViT for tests (dim 64, depth 2)")
 def _videomae_tiny(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
     base = {"embed_dim": 64, "depth": 2, "num_heads": 4}
-    return VideoViT(_config(VideoViTConfig, base, overrides), spec or InputSpec(num_frames=4, sampling_rate=2, size=32))
+    return VideoViT(
+        _config(VideoViTConfig, base, overrides), spec or InputSpec(num_frames=4, sampling_rate=2, size=32)
+    )
 
 
 @register_backbone("swin3d-b", "Video Swin-B (patch 2×4×4, window 8×7×7, depths 2-2-18-2, 87.6M params)")

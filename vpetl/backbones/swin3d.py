@@ -263,7 +263,9 @@ class SwinTransformer3D(Backbone):
             ws, shift = effective_window(grid, stage.window_size, stage.shift_size)  # type: ignore[arg-type]
             mask = self._mask(grid, ws, shift, x.device)  # type: ignore[arg-type]
             for block in stage.blocks:
-                ctx = BlockContext(batch_size=b, rows_per_sample=1, grid=grid, frames=grid[0], tag=tag, block_index=index)
+                ctx = BlockContext(
+                    batch_size=b, rows_per_sample=1, grid=grid, frames=grid[0], tag=tag, block_index=index
+                )
                 x = block(x, mask, ctx)
                 index += 1
             if stage.downsample is not None:
@@ -282,8 +284,14 @@ class SwinTransformer3D(Backbone):
             for g, wd in zip(grid, ws, strict=True):
                 windows *= -(-g // wd)
             stages.append(
-                {"stage": s, "grid": list(grid), "tokens": grid[0] * grid[1] * grid[2], "window": list(ws),
-                 "shift": list(shift), "windows_per_clip": windows}
+                {
+                    "stage": s,
+                    "grid": list(grid),
+                    "tokens": grid[0] * grid[1] * grid[2],
+                    "window": list(ws),
+                    "shift": list(shift),
+                    "windows_per_clip": windows,
+                }
             )
         return {"grid": stages[0]["grid"], "tokens": stages[0]["tokens"], "stages": stages}
 

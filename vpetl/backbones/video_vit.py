@@ -42,7 +42,10 @@ class VideoViT(Backbone):
         self.num_features = c.embed_dim
         self.patch_embed = PatchEmbed3D((c.tubelet_size, c.patch_size, c.patch_size), c.in_chans, c.embed_dim)
         self.blocks = nn.ModuleList(
-            [ViTBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, qkv_layout="separate") for _ in range(c.depth)]
+            [
+                ViTBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, qkv_layout="separate")
+                for _ in range(c.depth)
+            ]
         )
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.fc_norm_eps)
         self._pos_cache: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
@@ -61,7 +64,9 @@ class VideoViT(Backbone):
         if t % c.tubelet_size:
             raise InvalidInput(f"{self.name}: frames ({t}) must be a multiple of the tubelet size {c.tubelet_size}")
         if h % c.patch_size or w % c.patch_size:
-            raise InvalidInput(f"{self.name}: height and width ({h}×{w}) must be multiples of the patch size {c.patch_size}")
+            raise InvalidInput(
+                f"{self.name}: height and width ({h}×{w}) must be multiples of the patch size {c.patch_size}"
+            )
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         c = self.config
@@ -93,7 +98,12 @@ class VideoViT(Backbone):
 
     def token_info(self, frames: int, size: int) -> dict[str, Any]:
         t, h, w = self.grid(frames, size, size)
-        return {"grid": [t, h, w], "tokens": t * h * w, "attention_rows_per_clip": 1, "tokens_per_attention": t * h * w}
+        return {
+            "grid": [t, h, w],
+            "tokens": t * h * w,
+            "attention_rows_per_clip": 1,
+            "tokens_per_attention": t * h * w,
+        }
 
     def param_breakdown(self) -> dict[str, int]:
         out = {"patch_embed": sum(p.numel() for p in self.patch_embed.parameters())}

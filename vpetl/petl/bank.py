@@ -87,6 +87,13 @@ class AdapterBank:
         Raises:
             InvalidAdapter: a malformed file. IncompatibleAdapter: another backbone, wrong shapes, unknown method.
         """
+        adapter = self.decode(task, version, data)
+        self.cache.put(adapter.key, adapter, adapter.nbytes)
+        return adapter
+
+    def decode(self, task: str, version: int, data: bytes) -> TaskAdapter:
+        """Every check and the decoding of :meth:`load`, without caching: what the server runs on an upload
+        before storing it, so a file it accepts is one it can serve. Raises as :meth:`load`."""
         header = read_adapter(data, backbone_sha256=self.backbone_sha256, backbone_name=self.backbone.name)
         try:
             config = method_config_from_dict(header.meta.method_config, error=IncompatibleAdapter)
@@ -96,11 +103,9 @@ class AdapterBank:
         except VpetlError as e:
             raise IncompatibleAdapter(f"adapter for {task!r}: {e.message}") from e
         check_compatible(header, expected_shapes=shapes)
-        adapter = decode_task(
+        return decode_task(
             self.backbone, task, version, header.sha256, header.meta, header.tensors, self.device, self.dtype
         )
-        self.cache.put(adapter.key, adapter, adapter.nbytes)
-        return adapter
 
     def get(self, task: str, version: int) -> TaskAdapter | None:
         return self.cache.get((task, version))
@@ -279,10 +284,7 @@ def _gather_plan(adapters: Sequence[TaskAdapter], counts: Sequence[int], index: 
             tensors = [w.get(suffix) for w in per_task]
             ref = next(t for t in tensors if t is not None)
             shape = [max(t.shape[d] for t in tensors if t is not None) for d in range(ref.dim())]
-            rows = [
-                _pad_to(t, shape) if t is not None else ref.new_zeros(shape)
-                for t in tensors
-            ]
+            rows = [_pad_to(t, shape) if t is not None else ref.new_zeros(shape) for t in tensors]
             per_task_stack = torch.stack(rows)  # (U, …)
             repeats = torch.tensor(list(counts), device=per_task_stack.device)
             stacked[suffix] = per_task_stack.repeat_interleave(repeats, dim=0)  # (B, …), sample order

@@ -117,7 +117,9 @@ class BankBlockAdapter(BlockAdapter):
             v = PF.add_bias(v, bias["v"]) if "v" in bias else v
         return q, k, v
 
-    def adapt_qkv(self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor, Tensor]:
+    def adapt_qkv(
+        self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: BlockContext
+    ) -> tuple[Tensor, Tensor, Tensor]:
         parts = self._parts(_QKV_COMPONENTS)
         if not parts:
             return q, k, v

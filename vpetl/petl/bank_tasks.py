@@ -171,8 +171,14 @@ def decode_task(
         raise IncompatibleAdapter(f"method {config.method!r} produces a whole model, not a servable adapter")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, dtype) for k, v in arrays.items()}
     out = TaskAdapter(
-        task=task, version=version, sha256=sha256, method=config.method, config=config, labels=list(meta.labels),
-        head_weight=tensors["head.weight"], head_bias=tensors["head.bias"],
+        task=task,
+        version=version,
+        sha256=sha256,
+        method=config.method,
+        config=config,
+        labels=list(meta.labels),
+        head_weight=tensors["head.weight"],
+        head_bias=tensors["head.bias"],
     )
     out.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     name = config.method

@@ -185,7 +185,9 @@ class Method:
 
     def __init__(self, config: MethodConfig) -> None:
         if not isinstance(config, self.config_cls):
-            raise InvalidRequest(f"method {self.name!r} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+            raise InvalidRequest(
+                f"method {self.name!r} needs a {self.config_cls.__name__}, got {type(config).__name__}"
+            )
         self.config = config
 
     def check_backbone(self, backbone: Backbone) -> None:

@@ -81,7 +81,9 @@ class StAdapterAdapter(MethodAdapter):
 
     def __init__(self, dim: int, config: StAdapterConfig) -> None:
         super().__init__()
-        self.branches = nn.ModuleDict({p: StBranch(dim, config.bottleneck, config.kernel_size) for p in config.positions})
+        self.branches = nn.ModuleDict(
+            {p: StBranch(dim, config.bottleneck, config.kernel_size) for p in config.positions}
+        )
 
     def weights(self) -> dict[str, Tensor]:
         # Stable names drop the ModuleDict's own name: "pre_mlp.fc1.weight" (a submodule cannot be called
@@ -109,7 +111,7 @@ class StAdapterMethod(Method):
     config_cls = StAdapterConfig
     description = "ST-Adapter: depthwise temporal conv bottleneck on patch tokens (per-frame image ViT)"
     families = ("image_vit",)
-    unsupported_reason = "ST-Adapter adds temporal modelling to a per-frame image ViT; video backbones already mix time"
+    unsupported_reason = "ST-Adapter adds temporal modelling to a per-frame image ViT; video backbones have it already"
     instead = "'adaptmlp', 'patt' or 'bapat'"
 
     def build_block_adapters(self, backbone: Backbone) -> list[tuple[int, MethodAdapter]]:
@@ -117,5 +119,7 @@ class StAdapterMethod(Method):
         blocks = backbone.adaptable_blocks()
         layers = len(blocks) if c.num_layers is None else c.num_layers
         if layers > len(blocks):
-            raise InvalidRequest(f"st_adapter: num_layers {layers} exceeds the {len(blocks)} blocks of {backbone.name}")
+            raise InvalidRequest(
+                f"st_adapter: num_layers {layers} exceeds the {len(blocks)} blocks of {backbone.name}"
+            )
         return [(i, StAdapterAdapter(b.dim, c)) for i, b in enumerate(blocks) if i >= len(blocks) - layers]

@@ -247,11 +247,13 @@ class AsyncAdapterStore:
             return False
 
     def subscribe_events(self) -> EventStream:
-        """Adapter events as dicts ``{"event": "publish"|"rollback"|"delete", "task", "version", "sha256"}``.
+        """Adapter events as dicts ``{"event": "publish"|"rollback"|"delete", "task", "version", "sha256"}``
+        (for ``delete``, the version that was current).
 
         Use as ``async with store.subscribe_events() as events: async for event in events: ...``; the
         subscription is active once ``__aenter__`` returns, so nothing published after that is missed (unless
-        the connection drops: pub/sub is at-most-once).
+        the connection drops: pub/sub is at-most-once). Plain ``async for`` also works: it subscribes on the
+        first iteration, and the caller should ``await events.aclose()`` at the end.
         """
         return EventStream(self.redis)
 
@@ -272,9 +274,16 @@ class EventStream:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._subscribed = False
+
+    async def subscribe(self) -> None:
+        """Start listening (idempotent); events published before this are not delivered."""
+        if not self._subscribed:
+            await self._pubsub.subscribe(k.EVENTS_CHANNEL)
+            self._subscribed = True
 
     async def __aenter__(self) -> EventStream:
-        await self._pubsub.subscribe(k.EVENTS_CHANNEL)
+        await self.subscribe()
         return self
 
     async def __aexit__(
@@ -296,6 +305,7 @@ class EventStream:
 
     async def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next event, or ``None`` after ``timeout`` seconds (``None``: wait for one)."""
+        await self.subscribe()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

@@ -1,4 +1,4 @@
-"""What the stores keep per adapter version, per task and per clip, and how it is (de)serialised.
+"""What the adapter store keeps per version and per task, and how it is (de)serialised.
 
 The models are part of the HTTP API responses (``GET /adapters``, ``GET /adapters/{task}``), so they live apart from
 any Redis code; the sync and async stores both parse replies with the functions here.
@@ -88,6 +88,14 @@ def record_body(task: str, sha256: str, size: int, created_at: str, meta: Mappin
         raise InvalidRequest(f"adapter metadata is not JSON-serialisable: {e}") from e
     if len(text.encode()) > MAX_META_BYTES:
         raise InvalidRequest(f"adapter metadata is larger than {MAX_META_BYTES} bytes as JSON")
+    # validate the record as readers will parse it, so a bad field (metrics as a list, say) is refused here
+    # instead of making every later read of the task fail
+    try:
+        VersionRecord.model_validate_json('{"version":1,' + text[1:])
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequest(f"adapter metadata field {where!r}: {first['msg']}") from e
     return text
 
 

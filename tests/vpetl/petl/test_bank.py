@@ -29,8 +29,15 @@ VIDEO_MIX = [
     ("vpt", {"num_tokens": 2}),
 ]
 SWIN_MIX = [m for m in VIDEO_MIX if m[0] not in ("vpt",)]
-VIT_MIX = [("st_adapter", {"bottleneck": 8}), ("bapat", {"bottleneck": 8}), ("lora", {"rank": 4}), ("linear", {}),
-           ("bitfit", {}), ("dualpath", {"bottleneck": 8}), ("vpt", {"num_tokens": 2})]
+VIT_MIX = [
+    ("st_adapter", {"bottleneck": 8}),
+    ("bapat", {"bottleneck": 8}),
+    ("lora", {"rank": 4}),
+    ("linear", {}),
+    ("bitfit", {}),
+    ("dualpath", {"bottleneck": 8}),
+    ("vpt", {"num_tokens": 2}),
+]
 
 
 def _perturbed_model(backbone_name: str, method: str, options: dict, num_classes: int, seed: int):

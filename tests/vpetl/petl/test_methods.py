@@ -25,7 +25,9 @@ from vpetl.petl import (
 from vpetl.petl.dualpath import make_framesets
 
 TINY = ("videomae-tiny", "swin3d-tiny", "vit-tiny")
-ALL_METHODS = ("adaptmlp", "bapat", "bitfit", "dualpath", "full", "linear", "lora", "patt", "prefix", "st_adapter", "vpt")
+ALL_METHODS = (
+    "adaptmlp", "bapat", "bitfit", "dualpath", "full", "linear", "lora", "patt", "prefix", "st_adapter", "vpt",
+)
 UNSUPPORTED = {
     ("vpt", "swin3d-tiny"),
     ("st_adapter", "videomae-tiny"),
@@ -133,7 +135,8 @@ def test_forward_backward_reaches_exactly_the_trainable(
     # With CLS pooling, patch tokens after the last block's attention never reach the feature: an ST-Adapter
     # before the last MLP touches only patch tokens, so it gets an exactly zero gradient (true of the original too).
     last = len(model.backbone.adaptable_blocks()) - 1
-    dead = {id(p) for n, p in model.stable_named_parameters().items() if n.startswith(f"blocks.{last}.st_adapter.pre_mlp")}
+    dead_prefix = f"blocks.{last}.st_adapter.pre_mlp"
+    dead = {id(p) for n, p in model.stable_named_parameters().items() if n.startswith(dead_prefix)}
     for name, p in model.named_parameters():
         if id(p) in dead:
             assert p.grad is not None, f"{name} is not in the graph"
@@ -194,7 +197,7 @@ def test_init_effect_on_features(method: str, backbone_name: str, backbones: dic
 
 
 @pytest.mark.parametrize("backbone_name", TINY)
-def test_train_keeps_backbone_in_eval_and_head_frozen_option(backbone_name: str, backbones: dict[str, Backbone]) -> None:
+def test_train_mode_and_frozen_head_option(backbone_name: str, backbones: dict[str, Backbone]) -> None:
     backbone = backbones[backbone_name]
     model = create_model(backbone, make_config("adaptmlp", train_head=False), K, seed=3)
     model.train()
@@ -245,7 +248,8 @@ def test_load_errors_name_the_problem(backbones: dict[str, Backbone]) -> None:
     partial = dict(state)
     del partial["head.bias"]
     partial["extra"] = torch.zeros(1)
-    assert model.load_trainable_state_dict(partial, strict=False) == {"missing": ["head.bias"], "unexpected": ["extra"]}
+    report = model.load_trainable_state_dict(partial, strict=False)
+    assert report == {"missing": ["head.bias"], "unexpected": ["extra"]}
 
 
 # --------------------------------------------------------------------------------------------------- configs
@@ -258,7 +262,8 @@ def test_defaults_follow_the_spec() -> None:
     assert (b.bottleneck, b.mlp_bottleneck, b.scale, b.mlp_scale) == (128, 64, 0.8, 0.1)
     lo = LoraConfig()
     assert (lo.rank, lo.targets, lo.scaling) == (16, ("q", "v"), 1.0)
-    assert make_config("prefix").to_dict() == {"method": "prefix", "train_head": True, "num_tokens": 16, "bottleneck": 128}
+    prefix = make_config("prefix").to_dict()
+    assert prefix == {"method": "prefix", "train_head": True, "num_tokens": 16, "bottleneck": 128}
     assert make_config("st_adapter").bottleneck == 384 and make_config("dualpath").bottleneck == 128
 
 

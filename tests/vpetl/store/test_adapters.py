@@ -95,9 +95,22 @@ def test_record_keeps_metadata_and_store_fields_win(store: AdapterStore) -> None
     assert VersionRecord.model_validate_json(record.model_dump_json()) == record
 
 
+BAD_PUBLISH_INPUT = [
+    (b"", {}),
+    ("text", {}),
+    (b"x", {"metrics": {"top1": float("nan")}}),
+    (b"x", {"o": object()}),
+    (b"x", ["not", "a", "dict"]),
+    (b"x", {1: "non-str key"}),
+    # well-formed JSON that readers could not parse back as a VersionRecord
+    (b"x", {"metrics": [0.5]}),
+    (b"x", {"labels": "wave"}),
+    (b"x", {"num_classes": "three"}),
+]
+
+
 def test_publish_rejects_bad_input(store: AdapterStore, raw: redis.Redis) -> None:
-    for data, meta in [(b"", {}), ("text", {}), (b"x", {"metrics": {"top1": float("nan")}}), (b"x", {"o": object()}),
-                       (b"x", ["not", "a", "dict"]), (b"x", {1: "non-str key"})]:  # fmt: skip
+    for data, meta in BAD_PUBLISH_INPUT:
         with pytest.raises(InvalidRequest):
             store.publish("t1", data, meta)  # type: ignore[arg-type]
     assert raw.dbsize() == 0
@@ -344,6 +357,22 @@ def test_event_stream_skips_foreign_messages(redis_url: str, raw: redis.Redis) -
 
     event = asyncio.run(main())
     assert event is not None and event["event"] == "publish" and event["version"] == 1
+
+
+def test_event_stream_as_a_plain_async_iterator(redis_url: str) -> None:
+    async def main() -> dict:
+        async with AsyncAdapterStore(redis_url) as store:
+            events = store.subscribe_events()
+            await events.subscribe()
+            await store.publish("t1", b"one", META)
+            try:
+                async for event in events:
+                    return event
+            finally:
+                await events.aclose()
+        raise AssertionError("no event")
+
+    assert asyncio.run(main())["task"] == "t1"
 
 
 def test_async_store_matches_sync_store(redis_url: str, store: AdapterStore) -> None:

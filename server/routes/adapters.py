@@ -1,0 +1,208 @@
+"""``/adapters``: list, describe, download (ETag = sha256), upload (validated against THIS server's backbone
+before it is stored), rollback and delete task adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
+
+from server.deps import AdminDep, ServicesDep, TaskPath
+from server.routes.common import binary_body, error_responses
+from server.services import Services
+from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_limited, read_upload
+from vpetl.artifact import read_adapter_meta
+from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
+from vpetl.protocol import (
+    AdapterDeleted,
+    AdapterDetail,
+    AdapterInfo,
+    AdapterList,
+    AdapterRef,
+    RollbackRequest,
+    VersionInfo,
+)
+from vpetl.store import TaskSummary, VersionRecord
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/adapters", tags=["adapters"])
+
+ADAPTER_FORM = UploadForm(
+    field="adapter", raw_types=("application/octet-stream", "application/vnd.safetensors"), what="adapter"
+)
+MAX_JSON_BYTES = 64 * 1024
+# What the store keeps beside each version (the rest of the artifact's config stays in the file itself).
+STORED_META = ("method", "trainable_params", "num_classes", "metrics", "backbone", "backbone_sha256", "labels")
+
+
+def _version_info(record: VersionRecord, current: int) -> VersionInfo:
+    return VersionInfo.model_validate({**record.model_dump(), "current": record.version == current})
+
+
+def _adapter_info(summary: TaskSummary) -> AdapterInfo:
+    record = summary.current
+    return AdapterInfo.model_validate(
+        {
+            **record.model_dump(include=set(STORED_META)),
+            "task": summary.task,
+            "version": summary.version,
+            "latest_version": summary.latest_version,
+            "num_versions": summary.num_versions,
+            "sha256": record.sha256,
+            "size": record.size,
+            "created_at": summary.created_at,
+            "updated_at": summary.updated_at,
+        }
+    )
+
+
+def _etag(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def _etag_matches(if_none_match: str, sha256: str) -> bool:
+    """RFC 9110 weak comparison of an If-None-Match list against the artifact's ETag."""
+    if if_none_match.strip() == "*":
+        return True
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        tag = tag[2:] if tag.startswith("W/") else tag
+        if tag == _etag(sha256):
+            return True
+    return False
+
+
+@router.get("", response_model=AdapterList, summary="Every task and its current adapter version")
+async def list_adapters(services: ServicesDep) -> AdapterList:
+    return AdapterList(adapters=[_adapter_info(s) for s in await services.store.list_tasks()])
+
+
+@router.get(
+    "/{task}", response_model=AdapterDetail, summary="One task with its version history",
+    responses=error_responses(404, 422),
+)  # fmt: skip
+async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
+    history = await services.store.history(task)
+    summary = next((s for s in await services.store.list_tasks() if s.task == task), None)
+    if summary is None:  # deleted between the two reads
+        raise UnknownTask(f"unknown task {task!r}")
+    info = _adapter_info(summary)
+    versions = [_version_info(r, summary.version) for r in history]
+    return AdapterDetail.model_validate({**info.model_dump(), "versions": versions})
+
+
+@router.get(
+    "/{task}/download",
+    response_class=Response,
+    response_model=None,
+    summary="The adapter file (ETag = sha256; If-None-Match → 304)",
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        304: {"description": "the client's copy (If-None-Match) is current"},
+        **error_responses(404, 422),
+    },
+)
+async def download_adapter(
+    task: TaskPath,
+    request: Request,
+    services: ServicesDep,
+    version: Annotated[int | None, Query(ge=1, description="version to download (default: the current one)")] = None,
+) -> Response:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        record = await services.store.get_record(task, version)  # cheap: no blob
+        if _etag_matches(if_none_match, record.sha256):
+            return Response(status_code=304, headers={"ETag": _etag(record.sha256), "Cache-Control": "no-cache"})
+    record, data = await services.store.get_bytes(task, version)
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={
+            "ETag": _etag(record.sha256),
+            "Cache-Control": "no-cache",  # a client may keep it, but must revalidate (the pointer moves)
+            "Content-Disposition": f'attachment; filename="{task}-v{record.version}.safetensors"',
+            "X-Adapter-Version": str(record.version),
+        },
+    )
+
+
+def _validate(services: Services, task: str, data: bytes) -> dict[str, object]:
+    """Run the bank's full load checks on the upload (format, finiteness, method, shapes, backbone hash) without
+    caching it, and return the metadata to store with the version. Runs in a worker thread."""
+    if not data:
+        raise InvalidAdapter("the adapter file is empty (0 bytes)")
+    try:
+        services.bank.decode(task, 0, data)
+    except VpetlError:
+        raise
+    except Exception as e:  # a file that passed every check but still broke decoding: bad input, and a bug to fix
+        logger.exception("adapter upload for %s passed validation but failed to decode", task)
+        raise InvalidAdapter(f"the adapter could not be decoded ({type(e).__name__})") from e
+    meta = read_adapter_meta(data)
+    stored = meta.model_dump(mode="json", include=set(STORED_META))
+    stored["input_spec"] = meta.input_spec.model_dump(mode="json")
+    return stored
+
+
+@router.put(
+    "/{task}",
+    status_code=201,
+    response_model=AdapterRef,
+    summary="Upload an adapter file as the task's next version (admin)",
+    dependencies=[AdminDep],
+    responses=error_responses(400, 401, 403, 409, 413, 415, 422),
+    openapi_extra=binary_body("the adapter .safetensors file", "application/octet-stream", field="adapter"),
+)
+async def put_adapter(task: TaskPath, request: Request, response: Response, services: ServicesDep) -> AdapterRef:
+    limit = services.settings.max_adapter_bytes
+    kind = ADAPTER_FORM.kind(request.headers.get("content-type"))
+    check_content_length(request, limit + (MULTIPART_OVERHEAD if kind == "multipart" else 0), "adapter")
+    data = await read_upload(request, ADAPTER_FORM, limit)
+    meta = await asyncio.to_thread(_validate, services, task, data)
+    record = await services.store.publish(task, data, meta)
+    logger.info("published task=%s version=%d adapter=%s", task, record.version, record.sha256[:12])
+    response.headers["Location"] = f"/adapters/{task}"
+    return AdapterRef(task=task, version=record.version, sha256=record.sha256)
+
+
+@router.post(
+    "/{task}/rollback",
+    response_model=AdapterRef,
+    summary="Make an existing version current (admin)",
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RollbackRequest.model_json_schema()}},
+        }
+    },
+)
+async def rollback_adapter(task: TaskPath, request: Request, services: ServicesDep) -> AdapterRef:
+    # The body is tiny; it is read with a bound like every other body rather than by FastAPI's unbounded reader.
+    body = await read_limited(request, MAX_JSON_BYTES, "request body")
+    try:
+        wanted = RollbackRequest.model_validate_json(body or b"null")
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:3])
+        raise InvalidRequest(f'expected a JSON body {{"version": N}}: {problems}') from None
+    record = await services.store.rollback(task, wanted.version)
+    logger.info("rolled back task=%s to version=%d adapter=%s", task, record.version, record.sha256[:12])
+    return AdapterRef(task=task, version=record.version, sha256=record.sha256)
+
+
+@router.delete(
+    "/{task}",
+    response_model=AdapterDeleted,
+    summary="Remove the task and all its versions (admin; its uploaded clips stay)",
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404, 422),
+)
+async def delete_adapter(task: TaskPath, services: ServicesDep) -> AdapterDeleted:
+    removed = await services.store.delete(task)
+    logger.info("deleted task=%s (%d versions)", task, removed["versions"])
+    return AdapterDeleted(task=task, versions_removed=removed["versions"])

@@ -1,0 +1,48 @@
+"""``/datasets``: labelled clip uploads for training (validated by decoding) and their counts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from server.deps import AdminDep, LabelQuery, ServicesDep, TaskPath
+from server.routes.common import binary_body, error_responses
+from server.routes.predict import CLIP_FORM, decode_clip
+from server.uploads import MULTIPART_OVERHEAD, check_content_length, read_upload
+from vpetl.protocol import ClipUploaded, DatasetCounts
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.post(
+    "/{task}/clips",
+    status_code=201,
+    response_model=ClipUploaded,
+    summary="Upload one labelled clip (admin); it is decoded first, so only usable clips are stored",
+    dependencies=[AdminDep],
+    responses=error_responses(400, 401, 403, 413, 415, 422),
+    openapi_extra=binary_body("the clip (mp4, webm, …)", "video/*", "application/octet-stream", field="clip"),
+)
+async def upload_clip(
+    task: TaskPath,
+    label: LabelQuery,
+    request: Request,
+    services: ServicesDep,
+    split: Annotated[Literal["train", "val"], Query(description="train or val")] = "train",
+) -> ClipUploaded:
+    limit = services.settings.max_upload_bytes
+    kind = CLIP_FORM.kind(request.headers.get("content-type"))
+    check_content_length(request, limit + (MULTIPART_OVERHEAD if kind == "multipart" else 0), "clip")
+    data = await read_upload(request, CLIP_FORM, limit)
+    # Decoding with the backbone's spec proves the clip can be trained on; the result itself is not kept.
+    await asyncio.to_thread(decode_clip, data, services.backbone.input_spec)
+    record = await asyncio.to_thread(services.clips.add_clip, task, label, split, data)
+    return ClipUploaded.model_validate(record.model_dump(include={"task", "label", "split", "sha256", "size", "duplicate"}))
+
+
+@router.get("/{task}", response_model=DatasetCounts, summary="Clip counts per split and label")
+async def dataset_counts(task: TaskPath, services: ServicesDep) -> DatasetCounts:
+    counts = await asyncio.to_thread(services.clips.counts, task)
+    return DatasetCounts(task=task, counts=counts, total=sum(n for split in counts.values() for n in split.values()))

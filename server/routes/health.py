@@ -1,0 +1,50 @@
+"""``/healthz`` (liveness), ``/readyz`` (backbone loaded and Redis reachable), ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+
+from server.deps import ServicesDep
+from server.errors import NotReady
+from server.metrics import CONTENT_TYPE_LATEST
+from server.routes.common import error_responses
+from vpetl.protocol import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+# A readiness probe must answer fast; the store's client retries for seconds while Redis is down.
+READY_REDIS_TIMEOUT_S = 1.0
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process serves HTTP")
+async def healthz() -> HealthResponse:
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz", response_model=ReadyResponse, summary="Readiness: backbone loaded and Redis reachable",
+    responses=error_responses(503),
+)  # fmt: skip
+async def readyz(services: ServicesDep) -> ReadyResponse:
+    checks = {"backbone": services.backbone is not None and bool(services.bank.backbone_sha256)}
+    try:
+        checks["redis"] = await asyncio.wait_for(services.store.ping(), READY_REDIS_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        checks["redis"] = False
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise NotReady(f"not ready: {', '.join(failed)} unavailable")
+    return ReadyResponse(checks=checks)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    response_model=None,
+    summary="Prometheus metrics",
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(content=services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,156 @@
+"""Everything the app serves with, built once from :class:`~server.settings.Settings` and passed to ``build_app``.
+
+No module-level state: the CLI (the composition root) calls :func:`create_services`, hands the result to
+``build_app`` and closes it on exit; tests do the same with their own settings. Resources come in two kinds:
+
+- loop-bound (the asyncio Redis client, the predictor's background tasks): started and stopped by the app's
+  lifespan (:meth:`Services.start` / :meth:`Services.stop`), inside the event loop that uses them;
+- process-bound (the embedded redis-server, the blocking clip-store client): released by :meth:`Services.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import torch
+
+from server.metrics import Metrics
+from server.predictor import Predictor
+from server.settings import Settings
+from vpetl.backbones import create_backbone
+from vpetl.backbones.base import Backbone
+from vpetl.errors import VpetlError
+from vpetl.petl.bank import AdapterBank
+from vpetl.store import AsyncAdapterStore, ClipStore, EmbeddedRedis
+
+logger = logging.getLogger(__name__)
+
+REDIS_WAIT_S = 15.0  # bounded wait for an external Redis at start-up (compose starts services together)
+
+
+class RedisUnavailable(VpetlError):
+    code = "redis_unavailable"
+    http_status = 503
+
+
+@dataclass
+class Services:
+    """The app's collaborators. ``embedded_redis`` is set when the services started their own redis-server."""
+
+    settings: Settings
+    redis_url: str
+    backbone: Backbone
+    bank: AdapterBank
+    store: AsyncAdapterStore
+    clips: ClipStore
+    predictor: Predictor
+    metrics: Metrics
+    embedded_redis: EmbeddedRedis | None = None
+
+    async def start(self) -> None:
+        """Start the loop-bound parts (the predictor's event listener and pointer check)."""
+        await self.predictor.start()
+
+    async def stop(self) -> None:
+        """Stop the loop-bound parts. The store's connections are dropped (they belong to this loop); the store
+        reconnects lazily if the services are started again in another loop (tests)."""
+        await self.predictor.stop()
+        await self.store.redis.connection_pool.disconnect()
+
+    def close(self) -> None:
+        """Release the process-bound parts: the clip store's client and the embedded redis-server, if any."""
+        self.clips.close()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+            self.embedded_redis = None
+
+    async def aclose(self) -> None:
+        """:meth:`stop` then :meth:`close`."""
+        await self.stop()
+        await asyncio.to_thread(self.close)
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL for logs and messages: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def wait_for_redis(url: str, timeout: float = REDIS_WAIT_S) -> None:
+    """Block until Redis at ``url`` answers PING, at most ``timeout`` seconds (then RedisUnavailable)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except (redis.RedisError, OSError) as e:
+                if time.monotonic() >= deadline:
+                    raise RedisUnavailable(
+                        f"cannot reach Redis at {redact_url(url)} after {timeout:g} s ({e}); start it, fix "
+                        "--redis-url / VPETL_REDIS_URL, or leave it unset for an embedded redis-server"
+                    ) from e
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def create_services(settings: Settings) -> Services:
+    """Build every service (blocking: starts Redis if embedded, builds the backbone). Call ``close()`` when done."""
+    torch.set_num_threads(settings.torch_threads)
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis").start()
+        url = embedded.url
+        logger.info("embedded redis-server at %s", url)
+    try:
+        wait_for_redis(url)
+        backbone = create_backbone(settings.backbone, checkpoint=settings.checkpoint).to(settings.device)
+        bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024))
+        metrics = Metrics()
+        store = AsyncAdapterStore(url)
+        clips = ClipStore(settings.data_dir, url, max_bytes=settings.max_upload_bytes)
+        predictor = Predictor(
+            bank,
+            store,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            pointer_check_s=settings.pointer_check_s,
+            on_batch=metrics.on_batch,
+            on_load=metrics.on_load,
+        )
+        metrics.bind(predictor, bank)
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    logger.info(
+        "services ready: backbone %s (sha256 %s…), redis %s", backbone.name, bank.backbone_sha256[:12], redact_url(url)
+    )
+    return Services(
+        settings=settings,
+        redis_url=url,
+        backbone=backbone,
+        bank=bank,
+        store=store,
+        clips=clips,
+        predictor=predictor,
+        metrics=metrics,
+        embedded_redis=embedded,
+    )
+
+
+async def build_services(settings: Settings) -> Services:
+    """:func:`create_services` from async code (the blocking work runs in a thread)."""
+    return await asyncio.to_thread(create_services, settings)
