@@ -5,6 +5,7 @@
 - FastAPI's request validation (bad query/path/body values) → 422 ``invalid_request``;
 - Starlette's own HTTP errors (no such route, wrong method) → their status with ``not_found`` /
   ``method_not_allowed`` …;
+- Redis unreachable (the store's client gave up retrying) → 503 ``store_unavailable`` with ``Retry-After``;
 - anything else is a bug: logged with its traceback, answered 500 ``internal_error`` without details.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -101,6 +103,14 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, dict(exc.headers) if exc.headers else None)
 
 
+async def _on_redis_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("request %s: Redis unavailable: %s", _request_id(request), exc)
+    return error_response(
+        503, "store_unavailable", "the adapter store (Redis) is unreachable; retry shortly",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error in request %s %s (%s)", request.method, request.url.path, _request_id(request))
     return internal_error_response()
@@ -115,4 +125,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(VpetlError, _on_vpetl_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(redis.RedisError, _on_redis_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -41,13 +41,10 @@ class _AdapterCacheCollector(Collector):
             ("evictions", stats.evictions, "adapters dropped from the cache (budget or stale version)"),
         ):
             yield CounterMetricFamily(f"vpetl_adapter_cache_{name}", doc, value=value)
-        yield GaugeMetricFamily("vpetl_adapter_cache_entries", "adapters resident in the cache", value=len(self.bank.cache))
-        yield GaugeMetricFamily(
-            "vpetl_adapter_cache_bytes", "bytes of adapters resident in the cache", value=self.bank.cache.resident_bytes
-        )
-        yield GaugeMetricFamily(
-            "vpetl_adapter_cache_budget_bytes", "the cache's byte budget", value=self.bank.cache.budget_bytes
-        )
+        cache = self.bank.cache
+        yield GaugeMetricFamily("vpetl_adapter_cache_entries", "adapters resident in the cache", value=len(cache))
+        yield GaugeMetricFamily("vpetl_adapter_cache_bytes", "bytes of resident adapters", value=cache.resident_bytes)
+        yield GaugeMetricFamily("vpetl_adapter_cache_budget_bytes", "cache byte budget", value=cache.budget_bytes)
 
 
 class Metrics:

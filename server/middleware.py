@@ -56,7 +56,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
+            logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope["path"], request_id)
             if not response_started:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:

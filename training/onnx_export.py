@@ -31,12 +31,13 @@ nothing else to drive the graph.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,9 @@ class ExportBlockAdapter(BlockAdapter):
         self.layout = layout
         self.comps: dict[str, dict[str, Tensor]] = {}
 
-    def adapt_qkv(self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor, Tensor]:
+    def adapt_qkv(
+        self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: BlockContext
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if "patt" in self.comps:
             q, k, v = PF.patt_qkv(h, q, k, v, self.comps["patt"], scale=1.0, positions=self.layout.patt_positions)
         if "lora" in self.comps:
@@ -318,7 +321,9 @@ def task_feeds(layout: GraphLayout, task: TaskAdapter) -> dict[str, Tensor]:
     out["head.weight"], out["head.bias"] = task.head_weight, task.head_bias
     for name, t in out.items():
         if tuple(t.shape) != shapes[name]:
-            raise IncompatibleAdapter(f"{name}: shape {tuple(t.shape)} does not fit the graph (expected {shapes[name]})")
+            raise IncompatibleAdapter(
+                f"{name}: shape {tuple(t.shape)} does not fit the graph (expected {shapes[name]})"
+            )
     return out
 
 
@@ -374,7 +379,7 @@ def export_backbone_onnx(
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_exporter():
                 warnings.simplefilter("ignore")  # the exporter's axis-renaming and deprecation chatter
                 program = torch.onnx.export(
                     model, (clip, weights), None, input_names=list(layout.input_names),
@@ -392,6 +397,18 @@ def export_backbone_onnx(
         model.detach()
     logger.info("exported %s (%s) to %s: %d bytes", backbone.name, family, path, path.stat().st_size)
     return {**metadata, "size": path.stat().st_size, "path": str(path), "max_abs_diff": diff}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a warning per torchvision op it cannot register (vpetl never uses torchvision)."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def onnx_metadata(backbone: Backbone, layout: GraphLayout) -> dict[str, str]:

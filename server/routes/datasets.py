@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 
 from server.deps import AdminDep, LabelQuery, ServicesDep, TaskPath
-from server.routes.common import binary_body, error_responses
-from server.routes.predict import CLIP_FORM, decode_clip
+from server.routes.common import CLIP_FORM, binary_body, decode_clip, error_responses
 from server.uploads import MULTIPART_OVERHEAD, check_content_length, read_upload
 from vpetl.protocol import ClipUploaded, DatasetCounts
 
@@ -39,7 +38,7 @@ async def upload_clip(
     # Decoding with the backbone's spec proves the clip can be trained on; the result itself is not kept.
     await asyncio.to_thread(decode_clip, data, services.backbone.input_spec)
     record = await asyncio.to_thread(services.clips.add_clip, task, label, split, data)
-    return ClipUploaded.model_validate(record.model_dump(include={"task", "label", "split", "sha256", "size", "duplicate"}))
+    return ClipUploaded.model_validate(record.model_dump(exclude={"path", "created_at"}))
 
 
 @router.get("/{task}", response_model=DatasetCounts, summary="Clip counts per split and label")

@@ -7,37 +7,18 @@ import logging
 import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from server.deps import ServicesDep, TaskQuery
 from server.metrics import UNRESOLVED_TASK
-from server.routes.common import binary_body, error_responses
-from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_upload
-from vpetl.errors import InvalidVideo, VpetlError
-from vpetl.protocol import InputSpec, PredictionResponse
-from vpetl.video import load_clip
+from server.routes.common import CLIP_FORM, binary_body, decode_clip, error_responses
+from server.uploads import MULTIPART_OVERHEAD, check_content_length, read_upload
+from vpetl.errors import VpetlError
+from vpetl.protocol import PredictionResponse
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["predict"])
-
-CLIP_FORM = UploadForm(field="clip", raw_types=("video/*", "application/octet-stream"), what="clip")
-
-
-def decode_clip(data: bytes, spec: InputSpec) -> np.ndarray:
-    """Decode + sample + preprocess exactly as the backbone's InputSpec says (runs in a worker thread)."""
-    if not data:
-        raise InvalidVideo("the clip is empty (0 bytes)")
-    try:
-        return load_clip(data, spec)
-    except VpetlError:
-        raise
-    except (RuntimeError, ValueError, IndexError, EOFError, OSError) as e:
-        # load_clip maps decoder failures to InvalidVideo; this is the net for one it did not foresee
-        logger.warning("decoder raised %s for an upload; answered invalid_video", type(e).__name__)
-        raise InvalidVideo(f"the clip could not be decoded ({type(e).__name__})") from e
-
 
 @router.post(
     "/predict",

@@ -144,7 +144,8 @@ class PetlModel(nn.Module):
         """
         missing = [n for n in self._state if n not in state]
         unexpected = sorted(n for n in state if n not in self._state)
-        tensors = {n: torch.as_tensor(state[n]) for n in self._state if n in state}
+        # Arrays (e.g. numpy from a safetensors file, possibly read-only) are copied into tensors first.
+        tensors = {n: v if isinstance(v := state[n], Tensor) else torch.tensor(v) for n in self._state if n in state}
         misshaped = [
             f"{n}: expected {tuple(self._state[n].shape)}, got {tuple(t.shape)}"
             for n, t in tensors.items()

@@ -1,0 +1,57 @@
+"""The FastAPI app factory: ``build_app(services)`` — no globals, no settings read at import.
+
+The app holds its :class:`~server.services.Services` in ``app.state``; the lifespan starts and stops their
+loop-bound parts (the predictor's event listener, pointer check and micro-batcher). Closing the process-bound
+parts (embedded Redis) stays with whoever built the services. Routers live one per module in ``server/routes``;
+a new resource (``/jobs``) is one more module and one more line in :func:`_routers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, FastAPI
+
+from server.errors import install_error_handlers
+from server.middleware import RequestContextMiddleware
+from server.services import Services
+
+DESCRIPTION = (
+    "One frozen video transformer serving many parameter-efficient task adapters. Errors are "
+    '`{"error": {"code", "message"}}` with a stable code; write routes need `Authorization: Bearer <token>`.'
+)
+
+
+def _routers() -> list[APIRouter]:
+    from server.routes import adapters, backbone, datasets, health, predict
+
+    return [predict.router, adapters.router, datasets.router, backbone.router, health.router]
+
+
+def _version() -> str:
+    try:
+        return version("vpetl")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_app(services: Services) -> FastAPI:
+    """The HTTP API over ``services`` (OpenAPI at ``/docs``)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(title="vpetl", version=_version(), description=DESCRIPTION, lifespan=lifespan, docs_url="/docs")
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=services.metrics)
+    for router in _routers():
+        app.include_router(router)
+    return app

@@ -1,0 +1,99 @@
+"""``vpetl serve``: run the HTTP API on an engine (``local``: uvicorn in this process; ``ray``: Ray Serve).
+
+Flags override ``VPETL_*`` environment variables, which override the defaults (all through ``Settings``). An
+engine is a function ``(settings, log_level) -> None`` in :data:`ENGINES`; the Ray Serve engine plugs in there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from server.cli.app import app, err_console, fail
+from server.settings import Settings, get_settings
+from vpetl.errors import VpetlError
+
+logger = logging.getLogger(__name__)
+
+Engine = Callable[[Settings, str], None]
+
+
+def serve_local(settings: Settings, log_level: str) -> None:
+    """uvicorn in this process, one predictor (the micro-batcher mixes tasks within it)."""
+    import uvicorn  # heavy imports only once a command runs
+
+    from server.app import build_app
+    from server.services import create_services, redact_url
+
+    try:
+        services = create_services(settings)
+    except VpetlError as e:
+        fail(e)
+    try:
+        err_console.print(
+            f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine local, backbone "
+            f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs)"
+        )
+        config = uvicorn.Config(
+            build_app(services),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
+        uvicorn.Server(config).run()
+    finally:
+        services.close()
+
+
+def serve_ray(settings: Settings, log_level: str) -> None:
+    fail("the Ray Serve engine is not built yet: use `vpetl serve --engine local` for now")
+
+
+ENGINES: dict[str, Engine] = {"local": serve_local, "ray": serve_ray}
+
+
+@app.command()
+def serve(
+    engine: str | None = typer.Option(None, help="local (uvicorn) or ray (Ray Serve) (default: local)"),
+    host: str | None = typer.Option(None, help="bind address; non-loopback needs an admin token (default: 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="bind port (default: 8000)"),
+    redis_url: str | None = typer.Option(None, help="Redis URL; unset: an embedded redis-server under --data-dir"),
+    backbone: str | None = typer.Option(None, help="backbone name (default: vpetl-demo)"),
+    checkpoint: Path | None = typer.Option(None, help="backbone checkpoint to load strictly"),
+    data_dir: Path | None = typer.Option(None, help="embedded Redis, uploaded clips (default: .vpetl)"),
+    device: str | None = typer.Option(None, help="torch device (default: cpu)"),
+    replicas: int | None = typer.Option(None, help="predictor replicas (ray engine) (default: 1)"),
+    max_batch_size: int | None = typer.Option(None, help="clips per model batch (default: 8)"),
+    max_wait_ms: float | None = typer.Option(None, help="longest wait for a batch to fill, ms (default: 5)"),
+    max_queue: int | None = typer.Option(None, help="clips that may wait; beyond it requests get 503 (default: 64)"),
+    cache_mb: float | None = typer.Option(None, help="adapter cache budget per predictor, MiB (default: 256)"),
+    max_upload_mb: float | None = typer.Option(None, help="clip upload limit, MiB (default: 64)"),
+    max_adapter_mb: float | None = typer.Option(None, help="adapter upload limit, MiB (default: 64)"),
+    admin_token: str | None = typer.Option(
+        None, help="bearer token for write routes (prefer env VPETL_ADMIN_TOKEN: flags show up in `ps`)"
+    ),
+    log_level: str = typer.Option("info", help="debug, info, warning, error"),
+) -> None:
+    """Serve the HTTP API (predict, adapters, datasets, backbone, health, metrics)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = get_settings(
+            engine=engine, host=host, port=port, redis_url=redis_url, backbone=backbone, checkpoint=checkpoint,
+            data_dir=data_dir, device=device, replicas=replicas, max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, cache_mb=cache_mb, max_upload_mb=max_upload_mb,
+            max_adapter_mb=max_adapter_mb, admin_token=admin_token,
+        )  # fmt: skip
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        fail(f"invalid settings: {problems}")
+    try:
+        settings.check_bind()
+    except VpetlError as e:
+        fail(e)
+    ENGINES[settings.engine](settings, log_level.lower())
