@@ -36,7 +36,8 @@ def serve_local(settings: Settings, log_level: str) -> None:
     try:
         err_console.print(
             f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine local, backbone "
-            f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs)"
+            f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs)",
+            soft_wrap=True,
         )
         config = uvicorn.Config(
             build_app(services),

@@ -1,0 +1,290 @@
+"""Predict on the device with onnxruntime: the backbone graph loaded once, each task's adapter fed as inputs.
+
+The graph (``vpetl export-onnx`` / ``GET /backbone/onnx``) takes the clip and the adapter tensors of one method
+family as inputs (see ``training/onnx_export.py``), so switching tasks is a new feed dict — the session is never
+rebuilt. Its ``metadata_props`` carry the input spec, the backbone's name and sha256, the family and the layout, so
+the runner needs nothing else: clips are preprocessed with :func:`vpetl.video.load_clip` under the graph's
+:class:`~vpetl.protocol.InputSpec` (the one the backbone was trained with), and adapters are checked against the
+backbone hash before use.
+
+Feeding an adapter: the graph takes weights in the server's canonical form, scales folded into the up projections
+(``s·Up`` and ``s·b_up``; LoRA's ``α/r`` into B), exactly as ``vpetl.petl.bank_tasks.decode_task`` folds them. That
+module needs torch, so :func:`graph_feeds` applies the same rules in numpy; a test pins it to ``decode_task`` for
+every method the graphs take. Slots or targets the adapter lacks get zero rows, components it lacks get zero
+weights of width 1: zeros add exactly nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpetl.artifact import AdapterFile, read_adapter
+from vpetl.errors import IncompatibleAdapter, InvalidRequest
+from vpetl.protocol import InputSpec, LabelScore, PredictionResponse, PredictionTiming
+from vpetl.video import VideoSource, load_clip
+
+logger = logging.getLogger(__name__)
+
+QKV = ("q", "k", "v")
+#: the adapter methods an edge graph can run, and the components each brings
+METHOD_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "bapat": ("patt", "adaptmlp"),
+    "patt": ("patt",),
+    "adaptmlp": ("adaptmlp",),
+    "lora": ("lora",),
+    "linear": (),
+}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the graph's metadata says (see ``training.onnx_export.onnx_metadata``)."""
+
+    backbone: str
+    backbone_sha256: str
+    family: str
+    input_spec: InputSpec
+    input_names: tuple[str, ...]
+    components: tuple[str, ...]
+    patt_positions: tuple[str, ...]
+    lora_targets: tuple[str, ...]
+    mlp_mode: str
+    num_features: int
+    block_dims: tuple[int, ...]
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], where: str = "graph") -> GraphInfo:
+        try:
+            layout = json.loads(meta["layout"])
+            names = tuple(json.loads(meta["input_names"]))
+            comps = tuple(c for c in ("patt", "adaptmlp", "lora") if any(f".{c}." in n for n in names))
+            return cls(
+                backbone=meta["backbone"], backbone_sha256=meta["backbone_sha256"], family=meta["family"],
+                input_spec=InputSpec.model_validate_json(meta["input_spec"]), input_names=names, components=comps,
+                patt_positions=tuple(layout.get("patt_positions", ())),
+                lora_targets=tuple(layout.get("lora_targets", ())), mlp_mode=layout.get("mlp_mode", "parallel"),
+                num_features=int(layout["num_features"]), block_dims=tuple(int(d) for d in layout["block_dims"]),
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise IncompatibleAdapter(f"{where}: not a vpetl backbone graph (metadata {e!s} missing or bad)") from e
+
+
+# ----------------------------------------------------------------------------------------------- folding
+def _scale_of(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key)
+    return float(default if value is None else value)
+
+
+def _split_blocks(tensors: Mapping[str, np.ndarray]) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    for name, t in tensors.items():
+        if name.startswith("blocks."):
+            _, index, comp, suffix = name.split(".", 3)
+            out.setdefault(int(index), {}).setdefault(comp, {})[suffix] = t
+    return out
+
+
+def _remap_rows(w: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:
+    """PATT up rows for the adapter's slots -> the graph's slots (zero rows where the adapter has none)."""
+    c = w.shape[0] // len(have)
+    out = np.zeros((c * len(want), *w.shape[1:]), dtype=np.float32)
+    for j, slot in enumerate(have):
+        i = want.index(slot)
+        out[i * c:(i + 1) * c] = w[j * c:(j + 1) * c]
+    return out
+
+
+def graph_feeds(graph: GraphInfo, adapter: AdapterFile) -> dict[str, np.ndarray]:
+    """The weight inputs (every graph input but ``clip``) for one adapter, scale-folded as the server's bank does.
+
+    Raises:
+        IncompatibleAdapter: another backbone, a method or setting the graph cannot express.
+    """
+    meta = adapter.meta
+    where = f"adapter {meta.task!r} ({adapter.sha256[:12]})"
+    if meta.backbone_sha256 != graph.backbone_sha256:
+        raise IncompatibleAdapter(
+            f"{where} was trained on backbone {meta.backbone!r} ({meta.backbone_sha256[:12]}…) but the local graph is "
+            f"{graph.backbone!r} ({graph.backbone_sha256[:12]}…); sync the backbone graph again"
+        )
+    method, config = meta.method, dict(meta.method_config)
+    if method not in METHOD_COMPONENTS:
+        raise IncompatibleAdapter(f"{where}: method {method!r} cannot run in an edge graph; predict via the server")
+    missing = set(METHOD_COMPONENTS[method]) - set(graph.components)
+    if missing:
+        raise IncompatibleAdapter(
+            f"{where}: a {method!r} adapter needs {sorted(missing)} inputs; the local graph is the {graph.family!r} "
+            f"family (pull the {method!r} graph: GET /backbone/onnx?family={method})"
+        )
+    feeds: dict[str, np.ndarray] = {}
+    widths = {"patt": 1, "adaptmlp": 1, "lora": 1}
+    for index, comps in _split_blocks(adapter.tensors).items():
+        for comp, w in comps.items():
+            w = dict(w)
+            if comp == "patt":
+                learned = w.pop("scale", None)  # a learnable scale (one value; read back as shape (1,)); else s
+                scale = float(learned.reshape(-1)[0]) if learned is not None else _scale_of(config, "scale", 0.8)
+                positions = tuple(s for s in QKV if s in config.get("positions", ("k", "v")))
+                if not set(positions) <= set(graph.patt_positions):
+                    raise IncompatibleAdapter(f"{where}: PATT slots {positions} are not all in the graph's "
+                                              f"{graph.patt_positions}")
+                w["up.weight"] = _remap_rows(w["up.weight"] * np.float32(scale), positions, graph.patt_positions)
+                w["up.bias"] = _remap_rows(w["up.bias"] * np.float32(scale), positions, graph.patt_positions)
+                widths["patt"] = w["down.weight"].shape[0]
+            elif comp == "adaptmlp":
+                mode = config.get("mlp_mode") or config.get("mode") or "parallel"
+                if mode != graph.mlp_mode:
+                    raise IncompatibleAdapter(f"{where}: AdaptMLP {mode}; the graph runs {graph.mlp_mode}")
+                scale = _scale_of(config, "mlp_scale", 0.1) if method == "bapat" else _scale_of(config, "scale", 0.1)
+                w["up.weight"] = w["up.weight"] * np.float32(scale)
+                w["up.bias"] = w["up.bias"] * np.float32(scale)
+                widths["adaptmlp"] = w["down.weight"].shape[0]
+            elif comp == "lora":
+                rank = int(config.get("rank", next(t for k, t in w.items() if k.endswith(".A")).shape[0]))
+                alpha = config.get("alpha")
+                scaling = (float(alpha) if alpha is not None else float(rank)) / rank
+                targets = {k.split(".")[0] for k in w}
+                if not targets <= set(graph.lora_targets):
+                    raise IncompatibleAdapter(f"{where}: LoRA targets {sorted(targets)} are not all in the graph's "
+                                              f"{graph.lora_targets}")
+                w = {k: (t * np.float32(scaling) if k.endswith(".B") else t) for k, t in w.items()}
+                widths["lora"] = next(t for k, t in w.items() if k.endswith(".A")).shape[0]
+            else:
+                raise IncompatibleAdapter(f"{where}: component {comp!r} has no input in the graph")
+            for suffix, t in w.items():
+                feeds[f"blocks.{index}.{comp}.{suffix}"] = np.ascontiguousarray(t, dtype=np.float32)
+    out: dict[str, np.ndarray] = {}
+    for name in graph.input_names[1:]:
+        if name.startswith("head."):
+            continue
+        if name in feeds:
+            out[name] = feeds[name]
+            continue
+        _, index, comp, suffix = name.split(".", 3)
+        c, width = graph.block_dims[int(index)], widths[comp]
+        rows = len(graph.patt_positions) * c if comp == "patt" else c
+        shape = {"down.weight": (width, c), "down.bias": (width,), "up.weight": (rows, width), "up.bias": (rows,)}
+        out[name] = np.zeros(shape.get(suffix) or ((width, c) if suffix.endswith(".A") else (c, width)), np.float32)
+    head_w, head_b = adapter.tensors.get("head.weight"), adapter.tensors.get("head.bias")
+    if head_w is None or head_b is None or head_w.shape[1] != graph.num_features:
+        raise IncompatibleAdapter(f"{where}: the head does not read {graph.num_features}-d features")
+    out["head.weight"], out["head.bias"] = head_w, head_b
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[LabelScore]:
+    """The k best classes of one clip's logits, as the server reports them (softmax scores)."""
+    probs = _softmax(logits.astype(np.float64))
+    order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(labels)))]
+    return [LabelScore(label=labels[i], index=int(i), score=float(probs[i])) for i in order]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+class Runner:
+    """One onnxruntime session over the backbone graph; adapters are fed per call.
+
+    Args:
+        graph: path to the ``.onnx`` file (or its bytes).
+        threads: intra-op threads (2: the edge boxes this targets have few cores).
+        max_adapters: prepared feed dicts kept (keyed by adapter sha256), so a task switch costs no folding.
+    """
+
+    def __init__(self, graph: str | os.PathLike[str] | bytes, *, threads: int = 2, max_adapters: int = 16) -> None:
+        import onnxruntime as ort  # here, not at import: `vpetl-edge --help` stays fast
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        source = graph if isinstance(graph, bytes) else str(graph)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        where = "graph" if isinstance(graph, bytes) else str(graph)
+        self.info = GraphInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, where)
+        have = tuple(i.name for i in self.session.get_inputs())
+        if set(have) != set(self.info.input_names):
+            raise IncompatibleAdapter(f"{where}: inputs do not match its own metadata (a damaged file?)")
+        self._feeds: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._max = max_adapters
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.info.input_spec
+
+    def prepare(self, adapter: AdapterFile) -> dict[str, np.ndarray]:
+        """The adapter's feeds (cached by sha256; validated against the graph on first use)."""
+        hit = self._feeds.get(adapter.sha256)
+        if hit is not None:
+            self._feeds.move_to_end(adapter.sha256)
+            return hit
+        if adapter.meta.input_spec != self.info.input_spec:
+            logger.warning("adapter %s was trained with input spec %s; the graph's is %s (used)",
+                           adapter.sha256[:12], adapter.meta.input_spec, self.info.input_spec)
+        feeds = graph_feeds(self.info, adapter)
+        self._feeds[adapter.sha256] = feeds
+        while len(self._feeds) > self._max:
+            self._feeds.popitem(last=False)
+        return feeds
+
+    def preprocess(self, clip: VideoSource) -> np.ndarray:
+        """A clip file or bytes -> (1, 3, T, H, W) float32 under the graph's input spec."""
+        return load_clip(clip, self.info.input_spec)[None]
+
+    def logits(self, clips: np.ndarray, adapter: AdapterFile | bytes | str | Path) -> np.ndarray:
+        """(B, 3, T, H, W) preprocessed clips -> (B, K) logits under ``adapter``."""
+        file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
+        feeds = {"clip": np.ascontiguousarray(clips, dtype=np.float32), **self.prepare(file)}
+        return self.session.run(["logits"], feeds)[0]
+
+    def predict(
+        self, clip: VideoSource, adapter: AdapterFile | bytes | str | Path, *, topk: int = 5,
+        version: int | None = None,
+    ) -> PredictionResponse:
+        """Top-k labels for one clip, in the server's response shape (``queue`` is 0; ``version`` defaults to 1
+        when the adapter came without one)."""
+        if topk < 1:
+            raise InvalidRequest("topk must be >= 1")
+        t0 = time.perf_counter()
+        file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
+        x = self.preprocess(clip)
+        t1 = time.perf_counter()
+        logits = self.logits(x, file)[0]
+        t2 = time.perf_counter()
+        return PredictionResponse(
+            task=file.meta.task, version=version or 1, adapter_sha256=file.sha256,
+            predictions=top_k(logits, file.meta.labels, topk),
+            timing_ms=PredictionTiming(decode=(t1 - t0) * 1e3, queue=0.0, model=(t2 - t1) * 1e3,
+                                       total=(time.perf_counter() - t0) * 1e3),
+        )
+
+
+def graph_family_fits(family_components: tuple[str, ...], method: str) -> bool:
+    """Whether a graph with these components can run an adapter of ``method``."""
+    return method in METHOD_COMPONENTS and set(METHOD_COMPONENTS[method]) <= set(family_components)
+
+
+def read_graph_info(path: str | os.PathLike[str]) -> GraphInfo:
+    """The metadata of a graph file without building a session for inference (onnxruntime parses it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return GraphInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+
+
+__all__ = ["GraphInfo", "METHOD_COMPONENTS", "Runner", "graph_family_fits", "graph_feeds", "read_graph_info", "top_k"]

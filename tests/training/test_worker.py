@@ -1,0 +1,75 @@
+"""A job goes through the real queue, trains on clips in the clip store and publishes (real redis, real mp4s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.worker import Worker, job_params, task_datasets
+from vpetl.backbones import create_backbone
+from vpetl.data.synth import synthesize
+from vpetl.errors import InvalidRequest
+from vpetl.store import AdapterStore, ClipStore
+from vpetl.store.adapters import redis_client
+from vpetl.store.jobs import JobQueue
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize("appearance", tmp_path_factory.mktemp("synth"), clips_per_class=3, seed=0, size=32,
+                      frames=(8, 10))
+
+
+def _upload(clips: ClipStore, root: Path, task: str, classes: int = 3) -> None:
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())[:classes]
+    for label in names:
+        for i, path in enumerate(sorted((root / label).glob("*.mp4"))):
+            clips.add_clip(task, label, "val" if i == 0 else "train", path.read_bytes())
+
+
+def test_job_trains_publishes_and_reports(redis_url: str, clip_dir: Path, tmp_path: Path) -> None:
+    client = redis_client(redis_url)
+    clips = ClipStore(tmp_path, client)
+    _upload(clips, clip_dir, "demo-task")
+    train, val = task_datasets(clips, "demo-task")
+    assert len(train) == 6 and len(val) == 3 and train.classes == val.classes
+    queue, store = JobQueue(client), AdapterStore(client)
+    worker = Worker(create_backbone("videomae-tiny"), queue, store, clips, "w-test")
+    job_id = queue.submit(job_params({"task": "demo-task", "method": "adaptmlp", "bottleneck": 8, "epochs": 2,
+                                      "batch_size": 2}))
+    assert worker.run(max_jobs=1) == 1
+    job = queue.get(job_id)
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["result"]["published"] is True and job["version"] == 1
+    assert job["progress"]["epoch"] == 2
+    record = store.get_record("demo-task")
+    assert record.version == 1 and record.method == "adaptmlp" and record.num_classes == 3
+
+    # A second job compares with the current version on the same clips and says what it did.
+    job2 = queue.submit(job_params({"task": "demo-task", "method": "linear", "epochs": 1, "batch_size": 2}))
+    worker.run(max_jobs=1)
+    result = queue.get(job2)
+    assert result["state"] == "succeeded"
+    assert "current_val_top1" in result["result"] and result["result"]["reason"]
+    assert store.get_pointer("demo-task") == (2 if result["result"]["published"] else 1)
+
+
+def test_failed_job_reports_why_and_worker_survives(redis_url: str, tmp_path: Path) -> None:
+    client = redis_client(redis_url)
+    queue = JobQueue(client)
+    worker = Worker(create_backbone("videomae-tiny"), queue, AdapterStore(client), ClipStore(tmp_path, client), "w")
+    job_id = queue.submit(job_params({"task": "empty-task"}))
+    assert worker.run(max_jobs=1) == 1
+    job = queue.get(job_id)
+    assert job["state"] == "failed" and "invalid_dataset" in job["error"] and "upload" in job["error"]
+
+
+def test_job_params_validation() -> None:
+    with pytest.raises(InvalidRequest):
+        job_params({"task": "../x"})
+    with pytest.raises(InvalidRequest):
+        job_params({"task": "ok", "bogus": 1})
+    with pytest.raises(InvalidRequest):
+        job_params({"task": "ok", "method": "full"})
+    assert job_params({"task": "ok"})["method"] == "bapat"
