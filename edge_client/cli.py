@@ -2,8 +2,8 @@
 manage adapters, upload clips, start training jobs and keep a local cache in sync.
 
 Every command takes ``--server`` (env ``VPETL_SERVER``), ``--token`` (env ``VPETL_TOKEN``) and ``--json`` (one JSON
-document on stdout, nothing else there). Progress bars go to stderr and only when not ``--json``. An error prints
-one line ``error [code]: message`` on stderr and exits 1.
+document on stdout, nothing else there). Progress bars go to stderr, only on a terminal and not with ``--json``.
+An error prints one line ``error [code]: message`` on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def client(server: str, token: str | None) -> Client:
 def transfer_bar(
     enabled: bool, description: str, total: int | None = None
 ) -> Iterator[Callable[[int, int | None], None]]:
-    """A byte progress bar on stderr; yields the SDK's ``progress(done, total)`` callback."""
-    if not enabled:
+    """A byte progress bar on stderr (a terminal only: no bar debris in logs); yields ``progress(done, total)``."""
+    if not enabled or not err.is_terminal:
         yield lambda done, total: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -353,7 +353,7 @@ def _wait_for(c: Client, job_id: str, show: bool, poll: float, timeout: float | 
     start = time.monotonic()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+    with Progress(*columns, console=err, transient=True, disable=not show or not err.is_terminal) as bar:
         handle = bar.add_task(f"job {job_id}", total=None, line="queued")
         while True:
             job = c.job(job_id)

@@ -203,14 +203,22 @@ class Runner:
         graph: path to the ``.onnx`` file (or its bytes).
         threads: intra-op threads (2: the edge boxes this targets have few cores).
         max_adapters: prepared feed dicts kept (keyed by adapter sha256), so a task switch costs no folding.
+        spin: let idle intra-op threads busy-wait between runs (lower latency for back-to-back runs, at the cost
+            of burning the cores the rest of the device needs).
     """
 
-    def __init__(self, graph: str | os.PathLike[str] | bytes, *, threads: int = 2, max_adapters: int = 16) -> None:
+    def __init__(
+        self, graph: str | os.PathLike[str] | bytes, *, threads: int = 2, max_adapters: int = 16, spin: bool = False
+    ) -> None:
         import onnxruntime as ort  # here, not at import: `vpetl-edge --help` stays fast
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spin:
+            # ORT's pool busy-waits after each run by default; on a 2-core device that steals the CPU from the
+            # next clip's decode (and from anything else the device runs).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = graph if isinstance(graph, bytes) else str(graph)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         where = "graph" if isinstance(graph, bytes) else str(graph)

@@ -32,6 +32,7 @@ nothing else to drive the graph.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -84,7 +85,8 @@ _EXAMPLE = {"batch": 2, "patt": 11, "adaptmlp": 7, "lora": 5, "classes": 13}
 class GraphLayout:
     """What the graph takes: family, per-block widths, PATT slots, LoRA targets, AdaptMLP mode, input names.
 
-    Serialised into the ONNX metadata (``layout``) and read back by the edge runner (plain JSON, torch-free).
+    Serialised into the ONNX metadata (``layout``; the names go to ``input_names``) and read back by the edge
+    runner (plain JSON, torch-free).
     """
 
     family: str
@@ -108,7 +110,6 @@ class GraphLayout:
                 "patt_positions": list(self.patt_positions),
                 "lora_targets": list(self.lora_targets),
                 "mlp_mode": self.mlp_mode,
-                "input_names": list(self.input_names),
             },
             sort_keys=True,
         )
@@ -367,6 +368,8 @@ def export_backbone_onnx(
     """
     layout = make_layout(backbone, family, patt_positions=patt_positions, lora_targets=lora_targets,
                          mlp_mode=mlp_mode)
+    if any(len(block.adapters) for block in backbone.adaptable_blocks()):
+        backbone = _clean_copy(backbone)  # a serving backbone carries the bank's hooks: export a private copy
     for p in backbone.parameters():
         p.requires_grad_(False)
     model = ExportModel(backbone, layout)
@@ -390,6 +393,7 @@ def export_backbone_onnx(
             metadata = onnx_metadata(backbone, layout)
             _write_model(program, metadata, tmp)
             diff = _check_onnx(tmp, clip, weights, layout, expected) if check else None
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the graph is a public download
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -397,6 +401,14 @@ def export_backbone_onnx(
         model.detach()
     logger.info("exported %s (%s) to %s: %d bytes", backbone.name, family, path, path.stat().st_size)
     return {**metadata, "size": path.stat().st_size, "path": str(path), "max_abs_diff": diff}
+
+
+def _clean_copy(backbone: Backbone) -> Backbone:
+    """A deep copy without the adapters attached to its blocks (the cached sha256 is copied along)."""
+    clone = copy.deepcopy(backbone)
+    for block in clone.adaptable_blocks():
+        block.adapters.clear()
+    return clone
 
 
 @contextlib.contextmanager

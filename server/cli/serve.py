@@ -53,7 +53,48 @@ def serve_local(settings: Settings, log_level: str) -> None:
 
 
 def serve_ray(settings: Settings, log_level: str) -> None:
-    fail("the Ray Serve engine is not built yet: use `vpetl serve --engine local` for now")
+    """Ray Serve: an ingress deployment (the same FastAPI app) and ``--replicas`` predictor replicas, each with its
+    own mixed-task micro-batcher. Joins the cluster at ``RAY_ADDRESS`` if set, else starts a local Ray."""
+    import os
+    import time
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from server.ray_app import APP_NAME, build_app
+    from server.services import redact_url
+    from vpetl.store import EmbeddedRedis
+
+    embedded = None
+    if settings.redis_url is None:  # replicas are separate processes: they share one (embedded) redis-server
+        embedded = EmbeddedRedis(settings.data_dir / "redis").start()
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    try:
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(
+            address=address, num_cpus=None if address else max(2, os.cpu_count() or 2), include_dashboard=False,
+            log_to_driver=log_level == "debug", logging_level="ERROR", ignore_reinit_error=True,
+        )
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
+        err_console.print(
+            f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine ray, {settings.replicas} "
+            f"predictor replica(s), redis {redact_url(str(settings.redis_url))}; API docs at /docs)",
+            soft_wrap=True,
+        )
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            serve.shutdown()
+            ray.shutdown()
+        finally:
+            if embedded is not None:
+                embedded.stop()
 
 
 ENGINES: dict[str, Engine] = {"local": serve_local, "ray": serve_ray}
@@ -95,6 +136,11 @@ def serve(
         fail(f"invalid settings: {problems}")
     try:
         settings.check_bind()
+        from server.cli.common import resolve_checkpoint
+
+        # The demo backbone's weights come from `vpetl pretrain` (cached under the data dir; built on first use).
+        ckpt = resolve_checkpoint(settings.backbone, settings.checkpoint, settings.data_dir)
+        settings = settings.model_copy(update={"checkpoint": ckpt})
     except VpetlError as e:
         fail(e)
     ENGINES[settings.engine](settings, log_level.lower())
