@@ -143,7 +143,7 @@ class EdgeCache:
         record = self.backbone_record(family)
         if record is not None and not check:
             return path, False
-        got = client.download_onnx(path, etag=record.get("etag") if record else None, progress=progress,
+        got = client.download_onnx(record.get("etag") if record else None, dest=path, progress=progress,
                                    family=family)
         if got is None:
             return path, False

@@ -357,9 +357,13 @@ def _wait_for(c: Client, job_id: str, show: bool, poll: float, timeout: float | 
         handle = bar.add_task(f"job {job_id}", total=None, line="queued")
         while True:
             job = c.job(job_id)
-            epochs = job.progress.get("epochs")
-            bar.update(handle, line=_job_line(job), total=epochs if isinstance(epochs, int) else None,
-                       completed=job.progress.get("epoch", 0) if isinstance(job.progress.get("epoch"), int) else 0)
+            p = job.progress
+            # optimiser steps when the worker reports them (a smooth bar), else epochs
+            done_key, total_key = ("step", "total_steps") if isinstance(p.get("total_steps"), int) else (
+                "epoch", "epochs")
+            total = p.get(total_key)
+            bar.update(handle, line=_job_line(job), total=total if isinstance(total, int) else None,
+                       completed=p.get(done_key) if isinstance(p.get(done_key), int) else 0)
             if job.done:
                 return job
             if timeout is not None and time.monotonic() - start > timeout:
@@ -400,7 +404,10 @@ def train(
     if job.state != "succeeded":
         fail(VpetlError(f"job {job.job_id} {job.state}: {job.error or 'no details'}", code="job_failed"))
     if not as_json:
-        out.print(f"job {job.job_id} succeeded: {task} version {job.version} published  {_job_line(job)}")
+        if job.result.get("published") is False:
+            out.print(f"job {job.job_id} succeeded but published nothing: {job.result.get('reason', '')}")
+        else:
+            out.print(f"job {job.job_id} succeeded: {task} version {job.version} published  {_job_line(job)}")
 
 
 @app.command()

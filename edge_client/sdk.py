@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from vpetl import errors as E
 from vpetl.protocol import (
@@ -64,24 +64,33 @@ class ConnectionFailed(E.VpetlError):
 class JobCreated(BaseModel):
     """``POST /jobs`` (202)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    job_id: str
+    job_id: str = Field(..., validation_alias=AliasChoices("job_id", "id"))
 
 
 class JobInfo(BaseModel):
-    """``GET /jobs/{id}``: a training job's state, progress and result. Lenient (extra fields are kept) because
-    the worker's progress fields grow over time; ``progress`` usually holds epoch, epochs, loss and acc."""
+    """``GET /jobs/{id}``: a training job's state, progress and result. Lenient (extra fields are kept, ``id`` is
+    accepted for ``job_id``) because the worker's record grows over time; ``progress`` holds the trainer's last
+    event (epoch, epochs, step, total_steps, loss, lr, val_top1, …)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    job_id: str
+    job_id: str = Field(..., validation_alias=AliasChoices("job_id", "id"))
     task: str | None = None
     state: str = Field("queued", description="queued, running, succeeded or failed")
+    params: dict[str, Any] = Field(default_factory=dict)
     progress: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, description="the adapter version the job published")
     error: Any = None
+
+    @model_validator(mode="after")
+    def _task_from_params(self) -> JobInfo:
+        if self.task is None and isinstance(self.params.get("task"), str):
+            self.task = self.params["task"]
+        return self
 
     @property
     def done(self) -> bool:
@@ -443,7 +452,7 @@ class Client:
     def backbone(self) -> BackboneInfo:
         return self._get("/backbone", BackboneInfo)
 
-    def download_onnx(self, dest: str | os.PathLike[str] | None = None, etag: str | None = None,
+    def download_onnx(self, etag: str | None = None, *, dest: str | os.PathLike[str] | None = None,
                       progress: Progress | None = None, family: str | None = None) -> OnnxDownload | None:
         """The backbone graph (adapter weights as inputs), streamed; None when ``etag`` is still current (304).
 

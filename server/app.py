@@ -25,9 +25,9 @@ DESCRIPTION = (
 
 
 def _routers() -> list[APIRouter]:
-    from server.routes import adapters, backbone, datasets, health, predict
+    from server.routes import adapters, backbone, datasets, health, jobs, predict
 
-    return [predict.router, adapters.router, datasets.router, backbone.router, health.router]
+    return [predict.router, adapters.router, datasets.router, jobs.router, backbone.router, health.router]
 
 
 def _version() -> str:

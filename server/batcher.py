@@ -144,3 +144,4 @@ class MicroBatcher(Generic[Req, Res]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._queue = None  # bound to this event loop; a restart (e.g. a second app lifespan) makes a new one

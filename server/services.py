@@ -27,6 +27,8 @@ from vpetl.backbones.base import Backbone
 from vpetl.errors import VpetlError
 from vpetl.petl.bank import AdapterBank
 from vpetl.store import AsyncAdapterStore, ClipStore, EmbeddedRedis
+from vpetl.store.adapters import redis_client
+from vpetl.store.jobs import JobQueue
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Services:
     clips: ClipStore
     predictor: Predictor
     metrics: Metrics
+    jobs: JobQueue
     embedded_redis: EmbeddedRedis | None = None
 
     async def start(self) -> None:
@@ -65,6 +68,7 @@ class Services:
     def close(self) -> None:
         """Release the process-bound parts: the clip store's client and the embedded redis-server, if any."""
         self.clips.close()
+        self.jobs.redis.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
             self.embedded_redis = None
@@ -120,6 +124,7 @@ def create_services(settings: Settings) -> Services:
         metrics = Metrics()
         store = AsyncAdapterStore(url)
         clips = ClipStore(settings.data_dir, url, max_bytes=settings.max_upload_bytes)
+        jobs = JobQueue(redis_client(url))
         predictor = Predictor(
             bank,
             store,
@@ -147,6 +152,7 @@ def create_services(settings: Settings) -> Services:
         clips=clips,
         predictor=predictor,
         metrics=metrics,
+        jobs=jobs,
         embedded_redis=embedded,
     )
 

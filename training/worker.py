@@ -21,41 +21,11 @@ import torch
 
 from vpetl.backbones.base import Backbone
 from vpetl.data.readers import ClipItem, VideoDataset
-from vpetl.errors import DatasetError, InvalidRequest, UnknownTask, VpetlError
-from vpetl.protocol import is_valid_task_name
+from vpetl.errors import DatasetError, UnknownTask, VpetlError
 from vpetl.store import AdapterStore, ClipStore
-from vpetl.store.jobs import JobQueue
+from vpetl.store.jobs import JobQueue, job_params
 
 logger = logging.getLogger(__name__)
-
-JOB_DEFAULTS: dict[str, Any] = {
-    "method": "bapat",
-    "bottleneck": None,
-    "scale": None,
-    "epochs": 10,
-    "batch_size": 8,
-    "lr": None,
-    "optimizer": "sgd",
-    "seed": 0,
-    "publish_if_worse": False,
-}
-
-
-def job_params(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a job request: known keys only, a valid task name; defaults filled in."""
-    unknown = sorted(set(raw) - set(JOB_DEFAULTS) - {"task"})
-    if unknown:
-        raise InvalidRequest(f"unknown job option(s) {unknown}; valid: task, {', '.join(JOB_DEFAULTS)}")
-    task = raw.get("task")
-    if not isinstance(task, str) or not is_valid_task_name(task):
-        raise InvalidRequest(f"invalid task name {task!r}: use ^[a-z0-9][a-z0-9_.-]{{0,63}}$")
-    params = {**JOB_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    from vpetl.petl.registry import get_method
-
-    if not get_method(str(params["method"])).servable:
-        raise InvalidRequest(f"method {params['method']!r} does not produce a servable adapter")
-    return params
-
 
 def _method_config(params: Mapping[str, Any]) -> Any:
     from vpetl.petl.registry import make_config
@@ -83,8 +53,12 @@ def task_datasets(clips: ClipStore, task: str) -> tuple[VideoDataset, VideoDatas
             per_class.setdefault(item[1], []).append(item)
         train, val = [], []
         for items in per_class.values():
+            # every 5th clip; a class with 2–5 clips still gives its last one (a single clip stays in train)
+            held = {j for j in range(len(items)) if j % 5 == 4} or ({len(items) - 1} if len(items) > 1 else set())
             for j, item in enumerate(items):
-                (val if j % 5 == 4 else train).append(item)
+                (val if j in held else train).append(item)
+        if not val:  # too few clips to hold any out: evaluate on the training clips (optimistic, but defined)
+            val = list(train)
     make = lambda pairs, split: VideoDataset(  # noqa: E731
         [ClipItem(Path(p), index[lbl]) for p, lbl in pairs], classes, split=split, layout="clip-store"
     )

@@ -191,3 +191,49 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, bool]
+
+
+# ------------------------------------------------------------------------------------------------------ jobs
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+class JobRequest(BaseModel):
+    """``POST /jobs``: train an adapter for ``task`` on its uploaded clips (defaults: BAPAT, 10 epochs, batch 8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(..., description="task whose uploaded clips to train on")
+    method: str = Field("bapat", description="PETL method (bapat, patt, adaptmlp, lora, bitfit, linear, …)")
+    bottleneck: int | None = Field(None, ge=1, le=4096, description="the method's width (d, r or rank)")
+    scale: float | None = Field(None, description="the method's scale s, where it has one")
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=512)
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default: from the recipe)")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    seed: int = 0
+    publish_if_worse: bool = Field(False, description="publish even if val top-1 is below the current version's")
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    state: JobState = "queued"
+
+
+class JobInfo(BaseModel):
+    id: str
+    state: JobState
+    params: dict[str, object] = Field(default_factory=dict)
+    progress: dict[str, object] = Field(default_factory=dict, description="epoch, loss, val top-1, ETA …")
+    result: dict[str, object] = Field(default_factory=dict, description="published?, version, metrics, reason")
+    error: str | None = None
+    version: int | None = Field(None, description="the adapter version the job published")
+    worker: str | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]

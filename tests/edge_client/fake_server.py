@@ -175,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = s.adapters[task][version - 1]
         sha = hashlib.sha256(data).hexdigest()
-        headers = {"ETag": f'"{sha}"', "X-Vpetl-Version": str(version)}
+        headers = {"ETag": f'"{sha}"', "X-Adapter-Version": str(version)}
         if self._etag_hit(sha):
             self._send(304, headers=headers)
             return

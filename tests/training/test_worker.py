@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from training.worker import Worker, job_params, task_datasets
+from training.worker import Worker, task_datasets
 from vpetl.backbones import create_backbone
 from vpetl.data.synth import synthesize
 from vpetl.errors import InvalidRequest
 from vpetl.store import AdapterStore, ClipStore
 from vpetl.store.adapters import redis_client
-from vpetl.store.jobs import JobQueue
+from vpetl.store.jobs import JobQueue, job_params
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,41 @@ from typing import Any
 import redis
 
 from vpetl.errors import InvalidRequest, VpetlError
+from vpetl.protocol import is_valid_task_name
 
 STREAM = "vpetl:jobs"
 GROUP = "workers"
 INDEX = "vpetl:jobs:index"
 STATES = ("queued", "running", "succeeded", "failed")
+
+
+JOB_DEFAULTS: dict[str, Any] = {
+    "method": "bapat",
+    "bottleneck": None,
+    "scale": None,
+    "epochs": 10,
+    "batch_size": 8,
+    "lr": None,
+    "optimizer": "sgd",
+    "seed": 0,
+    "publish_if_worse": False,
+}
+
+
+def job_params(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a job request: known keys only, a valid task name; defaults filled in."""
+    unknown = sorted(set(raw) - set(JOB_DEFAULTS) - {"task"})
+    if unknown:
+        raise InvalidRequest(f"unknown job option(s) {unknown}; valid: task, {', '.join(JOB_DEFAULTS)}")
+    task = raw.get("task")
+    if not isinstance(task, str) or not is_valid_task_name(task):
+        raise InvalidRequest(f"invalid task name {task!r}: use ^[a-z0-9][a-z0-9_.-]{{0,63}}$")
+    params = {**JOB_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    from vpetl.petl.registry import get_method
+
+    if not get_method(str(params["method"])).servable:
+        raise InvalidRequest(f"method {params['method']!r} does not produce a servable adapter")
+    return params
 
 
 class UnknownJob(VpetlError):

@@ -1,0 +1,48 @@
+"""``/jobs``: queue adapter training on a task's uploaded clips (Redis stream ``vpetl:jobs``) and follow it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from server.deps import AdminDep, ServicesDep
+from server.routes.common import error_responses
+from vpetl.errors import DatasetError
+from vpetl.protocol import JobCreated, JobInfo, JobList, JobRequest
+from vpetl.store.jobs import job_params
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post(
+    "", status_code=202, response_model=JobCreated, dependencies=[AdminDep],
+    summary="Queue a training job (a `vpetl worker` picks it up)", responses=error_responses(401, 403, 404, 422),
+)  # fmt: skip
+async def create_job(request: JobRequest, services: ServicesDep) -> JobCreated:
+    params = job_params(request.model_dump())
+    counts = await asyncio.to_thread(services.clips.counts, request.task)
+    if not sum(counts.get("train", {}).values()):
+        raise DatasetError(
+            f"task {request.task!r} has no training clips yet: upload labelled clips first "
+            f"(POST /datasets/{request.task}/clips?label=…)"
+        )
+    job_id = await asyncio.to_thread(services.jobs.submit, params)
+    return JobCreated(job_id=job_id)
+
+
+@router.get("", response_model=JobList, summary="Recent jobs, newest first")
+async def list_jobs(
+    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> JobList:
+    jobs = await asyncio.to_thread(services.jobs.list, limit)
+    return JobList(jobs=[JobInfo.model_validate(j) for j in jobs])
+
+
+@router.get("/{job_id}", response_model=JobInfo, summary="One job: state, progress, result or error",
+            responses=error_responses(404, 422))
+async def get_job(
+    services: ServicesDep, job_id: Annotated[str, Path(max_length=64, description="id from POST /jobs")]
+) -> JobInfo:
+    return JobInfo.model_validate(await asyncio.to_thread(services.jobs.get, job_id))
