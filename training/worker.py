@@ -162,7 +162,7 @@ class Worker:
         data = adapter_bytes(
             result.model, task=task, labels=result.labels, metrics={k: v for k, v in result.metrics.items() if v == v}
         )
-        meta = _record_meta(result, self.backbone)
+        meta = record_meta(result, self.backbone)
         record = self.store.publish(task, data, meta)
         outcome.update(published=True, version=record.version, sha256=record.sha256)
         outcome["reason"] = (
@@ -200,7 +200,7 @@ def _labels_of(data: bytes) -> list[str]:
     return list(read_adapter_meta(data).labels)
 
 
-def _record_meta(result: Any, backbone: Backbone) -> dict[str, Any]:
+def record_meta(result: Any, backbone: Backbone) -> dict[str, Any]:
     counts = result.model.parameter_counts()
     return {
         "method": result.model.config.method,
