@@ -191,7 +191,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/edge.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "torch_threads": THREADS, "ort_threads": THREADS},
+                    "torch_threads": THREADS, "ort_threads": THREADS,
+                    "loadavg_at_start": os.getloadavg()[0]},  # a shared box: other jobs skew torch's OpenMP most
     }
     with tempfile.TemporaryDirectory(prefix="vpetl-edge-bench-") as tmp:
         work = Path(tmp)
@@ -202,10 +203,13 @@ def main() -> None:
             result["latency"].append(latency("videomae-b", reduced, work, repeats))
             result["task_switch"].append(task_switch("videomae-b", work))
         result["sync"] = sync_nothing_new(args.server, args.tasks, repeats, work)
+    result["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['command']}  ({result['machine']['cpus']} CPUs, torch/ORT threads {THREADS})")
+    m = result["machine"]
+    print(f"{result['command']}  ({m['cpus']} CPUs, torch/ORT threads {THREADS}, load average "
+          f"{m['loadavg_at_start']:.1f} → {m['loadavg_at_end']:.1f})")
     for r in result["latency"]:
         print(f"latency {r['backbone']} {r['clip']} batch 1: onnxruntime {r['onnxruntime']['median_ms']:.1f} ms "
               f"(spread {r['onnxruntime']['spread']:.2f}) vs torch eager {r['torch_eager']['median_ms']:.1f} ms "

@@ -25,9 +25,10 @@ DESCRIPTION = (
 
 
 def _routers() -> list[APIRouter]:
-    from server.routes import adapters, backbone, datasets, health, jobs, predict
+    from server.routes import adapters, backbone, datasets, health, jobs, onnx, predict
 
-    return [predict.router, adapters.router, datasets.router, jobs.router, backbone.router, health.router]
+    routers = [predict.router, adapters.router, datasets.router, jobs.router, backbone.router, onnx.router]
+    return [*routers, health.router]
 
 
 def _version() -> str:

@@ -40,13 +40,6 @@ _HTTP_CODES = {
 }
 
 
-class NotFound(VpetlError):
-    """A resource the server does not have (not a task: see UnknownTask). Pass a specific ``code``."""
-
-    code = "not_found"
-    http_status = 404
-
-
 class NotReady(VpetlError):
     """Readiness failed (backbone not loaded or Redis unreachable)."""
 
@@ -125,5 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(VpetlError, _on_vpetl_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(redis.RedisError, _on_redis_error)
+    # only "cannot reach Redis" is a 503; any other Redis error (a script bug, a wrong type) is a 500
+    app.add_exception_handler(redis.ConnectionError, _on_redis_error)
+    app.add_exception_handler(redis.TimeoutError, _on_redis_error)
     app.add_exception_handler(Exception, _on_unexpected)

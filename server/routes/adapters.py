@@ -164,7 +164,10 @@ async def put_adapter(task: TaskPath, request: Request, response: Response, serv
     data = await read_upload(request, ADAPTER_FORM, limit)
     meta = await asyncio.to_thread(_validate, services, task, data)
     record = await services.store.publish(task, data, meta)
-    logger.info("published task=%s version=%d adapter=%s", task, record.version, record.sha256[:12])
+    logger.info(
+        "published task=%s version=%d adapter=%s request=%s",
+        task, record.version, record.sha256[:12], request.state.request_id,
+    )  # fmt: skip
     response.headers["Location"] = f"/adapters/{task}"
     return AdapterRef(task=task, version=record.version, sha256=record.sha256)
 
@@ -191,7 +194,10 @@ async def rollback_adapter(task: TaskPath, request: Request, services: ServicesD
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:3])
         raise InvalidRequest(f'expected a JSON body {{"version": N}}: {problems}') from None
     record = await services.store.rollback(task, wanted.version)
-    logger.info("rolled back task=%s to version=%d adapter=%s", task, record.version, record.sha256[:12])
+    logger.info(
+        "rolled back task=%s to version=%d adapter=%s request=%s",
+        task, record.version, record.sha256[:12], request.state.request_id,
+    )  # fmt: skip
     return AdapterRef(task=task, version=record.version, sha256=record.sha256)
 
 
@@ -202,7 +208,7 @@ async def rollback_adapter(task: TaskPath, request: Request, services: ServicesD
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404, 422),
 )
-async def delete_adapter(task: TaskPath, services: ServicesDep) -> AdapterDeleted:
+async def delete_adapter(task: TaskPath, request: Request, services: ServicesDep) -> AdapterDeleted:
     removed = await services.store.delete(task)
-    logger.info("deleted task=%s (%d versions)", task, removed["versions"])
+    logger.info("deleted task=%s (%d versions) request=%s", task, removed["versions"], request.state.request_id)
     return AdapterDeleted(task=task, versions_removed=removed["versions"])
