@@ -12,11 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,36 +21,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _adapter(backbone: str, seed: int) -> bytes:
-    import torch
-
-    from vpetl.petl import create_model
-    from vpetl.petl.io import adapter_bytes
-
-    model = create_model(backbone, "bapat", 4, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    return adapter_bytes(model, task="swap", labels=list("abcd"))
-
-
-def _clip(tmp: Path) -> bytes:
-    import numpy as np
-
-    from vpetl.data.synth import write_mp4
-
-    frames = (np.random.default_rng(0).random((16, 64, 64, 3)) * 255).astype("uint8")  # (T, H, W, 3)
-    write_mp4(tmp / "clip.mp4", frames)
-    return (tmp / "clip.mp4").read_bytes()
+from _harness import ServeProcess, make_adapter, make_clip  # noqa: E402
 
 
 async def _load(base: str, clip: bytes, stop: asyncio.Event, log: list[tuple[float, float, int, str, int]]) -> None:
@@ -72,7 +41,7 @@ async def _load(base: str, clip: bytes, stop: asyncio.Event, log: list[tuple[flo
 
 
 async def _run(args: argparse.Namespace, base: str, store: object, clip: bytes) -> dict:
-    adapters = [_adapter(args.backbone, seed) for seed in range(args.swaps + 1)]
+    adapters = [make_adapter(args.backbone, seed, "swap", list("abcd")) for seed in range(args.swaps + 1)]
     first = store.publish("swap", adapters[0], {})  # type: ignore[attr-defined]
     shas = {first.version: first.sha256}
     log: list[tuple[float, float, int, str, int]] = []
@@ -133,36 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        clip = _clip(tmp)
+        clip = make_clip(tmp / "clip.mp4")
         for engine in engines:
             args.engine = engine
             with EmbeddedRedis(tmp / f"redis-{engine}") as redis_server:
-                port = _free_port()
-                env = {**os.environ, "VPETL_TORCH_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-                cmd = [
-                    str(Path(sys.executable).parent / "vpetl"), "serve", "--engine", engine, "--port", str(port),
-                    "--redis-url", redis_server.url, "--backbone", args.backbone,
-                    "--data-dir", str(tmp / f"data-{engine}"),
-                ]
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
-                base = f"http://127.0.0.1:{port}"
-                try:
-                    deadline = time.monotonic() + 180
-                    while time.monotonic() < deadline:
-                        try:
-                            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                                break
-                        except httpx.HTTPError:
-                            time.sleep(0.3)
+                serve_args = ["--backbone", args.backbone, "--data-dir", str(tmp / f"data-{engine}")]
+                with ServeProcess(engine, redis_server.url, serve_args, tmp / f"serve-{engine}.log") as server:
                     store = AdapterStore(redis_server.url)
-                    results.append(asyncio.run(_run(args, base, store, clip)))
-                finally:
-                    os.killpg(proc.pid, signal.SIGINT)
-                    try:
-                        proc.wait(60)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    results.append(asyncio.run(_run(args, server.url, store, clip)))
     if args.json:
         print(json.dumps(results, indent=2))
         return

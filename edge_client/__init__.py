@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from edge_client.cache import EdgeCache, SyncReport
-from edge_client.sdk import Client, ConnectionFailed, JobInfo
+from edge_client.sdk import Client, ConnectionFailed
 
-__all__ = ["Client", "ConnectionFailed", "EdgeCache", "JobInfo", "Runner", "SyncReport"]
+__all__ = ["Client", "ConnectionFailed", "EdgeCache", "Runner", "SyncReport"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -37,6 +38,7 @@ from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
 from vpetl.protocol import is_valid_task_name
 
 DEFAULT_FAMILY = "default"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> Path:
@@ -176,9 +178,11 @@ class EdgeCache:
         if not pointer.is_file():
             return None
         try:
-            return CachedAdapter(**json.loads(pointer.read_text()))
+            entry = CachedAdapter(**json.loads(pointer.read_text()))
         except (OSError, ValueError, TypeError):
             return None  # a damaged pointer is as good as none: the next pull rewrites it
+        # the sha256 becomes a file name: only ever 64 hex digits
+        return entry if isinstance(entry.sha256, str) and _SHA256.fullmatch(entry.sha256) else None
 
     def adapter_path(self, task: str) -> Path:
         entry = self.adapter(task)

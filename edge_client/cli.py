@@ -30,8 +30,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edge_client.sdk import DEFAULT_SERVER, Client, JobInfo
-from vpetl.errors import VpetlError
+from edge_client.sdk import DEFAULT_SERVER, Client
+from vpetl.errors import IncompatibleAdapter, VpetlError
+from vpetl.protocol import JobInfo
 
 app = typer.Typer(
     name="vpetl-edge",
@@ -146,7 +147,7 @@ def _video_files(paths: list[Path]) -> list[Path]:
 def _local_predictions(c: Client, cache_dir: Path | None, task: str, version: int | None, clips: list[Path],
                        topk: int, show: bool) -> list[dict[str, Any]]:
     from edge_client.cache import EdgeCache
-    from edge_client.runner import Runner, graph_family_fits
+    from edge_client.runner import METHOD_COMPONENTS, Runner, graph_family_fits
     from edge_client.sdk import ConnectionFailed
 
     cache = EdgeCache(cache_dir)
@@ -159,6 +160,11 @@ def _local_predictions(c: Client, cache_dir: Path | None, task: str, version: in
             raise
         err.print(f"[yellow]server unreachable: using the cached {task} adapter (version {entry.version})[/]")
     adapter = cache.load_adapter(task)
+    if adapter.meta.method not in METHOD_COMPONENTS:
+        raise IncompatibleAdapter(
+            f"task {task!r} uses {adapter.meta.method!r}, which no edge graph runs "
+            f"({', '.join(METHOD_COMPONENTS)} do); predict without --local"
+        )
     graph = None
     for record in cache.backbones().values():
         if record.get("backbone_sha256") == adapter.meta.backbone_sha256 and graph_family_fits(
@@ -340,6 +346,9 @@ def upload(
 
 
 # ------------------------------------------------------------------------------------------------------ jobs
+FINAL_STATES = ("succeeded", "failed")
+
+
 def _job_line(job: JobInfo) -> str:
     p = job.progress
     parts = [f"epoch {p['epoch']}/{p.get('epochs', '?')}" if "epoch" in p else job.state]
@@ -364,7 +373,7 @@ def _wait_for(c: Client, job_id: str, show: bool, poll: float, timeout: float | 
             total = p.get(total_key)
             bar.update(handle, line=_job_line(job), total=total if isinstance(total, int) else None,
                        completed=p.get(done_key) if isinstance(p.get(done_key), int) else 0)
-            if job.done:
+            if job.state in FINAL_STATES:
                 return job
             if timeout is not None and time.monotonic() - start > timeout:
                 raise VpetlError(f"job {job_id} still {job.state} after {timeout:g} s", code="timeout")
@@ -402,12 +411,12 @@ def train(
     if as_json:
         emit(job)
     if job.state != "succeeded":
-        fail(VpetlError(f"job {job.job_id} {job.state}: {job.error or 'no details'}", code="job_failed"))
+        fail(VpetlError(f"job {job.id} {job.state}: {job.error or 'no details'}", code="job_failed"))
     if not as_json:
         if job.result.get("published") is False:
-            out.print(f"job {job.job_id} succeeded but published nothing: {job.result.get('reason', '')}")
+            out.print(f"job {job.id} succeeded but published nothing: {job.result.get('reason', '')}")
         else:
-            out.print(f"job {job.job_id} succeeded: {task} version {job.version} published  {_job_line(job)}")
+            out.print(f"job {job.id} succeeded: {task} version {job.version} published  {_job_line(job)}")
 
 
 @app.command()
@@ -425,7 +434,8 @@ def jobs(
         return
     table = Table("job", "task", "state", "progress", "version", "error")
     for j in items:
-        table.add_row(j.job_id, j.task or "-", j.state, _job_line(j), str(j.version or "-"), str(j.error or ""))
+        table.add_row(j.id, str(j.params.get("task", "-")), j.state, _job_line(j), str(j.version or "-"),
+                      str(j.error or ""))
     out.print(table if items else "no jobs")
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
 from vpetl import errors as E
 from vpetl.protocol import (
@@ -44,6 +44,9 @@ from vpetl.protocol import (
     BackboneInfo,
     ClipUploaded,
     DatasetCounts,
+    JobCreated,
+    JobInfo,
+    JobList,
     PredictionResponse,
 )
 
@@ -59,42 +62,6 @@ class ConnectionFailed(E.VpetlError):
 
     code = "connection_error"
     http_status = 0
-
-
-class JobCreated(BaseModel):
-    """``POST /jobs`` (202)."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    job_id: str = Field(..., validation_alias=AliasChoices("job_id", "id"))
-
-
-class JobInfo(BaseModel):
-    """``GET /jobs/{id}``: a training job's state, progress and result. Lenient (extra fields are kept, ``id`` is
-    accepted for ``job_id``) because the worker's record grows over time; ``progress`` holds the trainer's last
-    event (epoch, epochs, step, total_steps, loss, lr, val_top1, …)."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    job_id: str = Field(..., validation_alias=AliasChoices("job_id", "id"))
-    task: str | None = None
-    state: str = Field("queued", description="queued, running, succeeded or failed")
-    params: dict[str, Any] = Field(default_factory=dict)
-    progress: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    result: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(None, description="the adapter version the job published")
-    error: Any = None
-
-    @model_validator(mode="after")
-    def _task_from_params(self) -> JobInfo:
-        if self.task is None and isinstance(self.params.get("task"), str):
-            self.task = self.params["task"]
-        return self
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -436,17 +403,18 @@ class Client:
 
     # --------------------------------------------------------------------------------------------- jobs
     def create_job(self, **params: Any) -> JobCreated:
-        """Queue a training job: ``task`` plus method, bottleneck, scale, epochs, batch_size, lr, … (None dropped)."""
+        """Queue a training job (write token needed): ``task`` plus method, bottleneck, scale, epochs, batch_size,
+        lr, … (see :class:`vpetl.protocol.JobRequest`; None values are left to the server's defaults)."""
         body = {k: v for k, v in params.items() if v is not None}
         return JobCreated.model_validate(self._send("POST", "/jobs", json=body).json())
 
     def job(self, job_id: str) -> JobInfo:
+        """One job: state, progress (epoch, loss, val top-1, …), result or error."""
         return self._get(f"/jobs/{quote(str(job_id), safe='')}", JobInfo)
 
-    def jobs(self) -> list[JobInfo]:
-        body = self._send("GET", "/jobs").json()
-        items = body.get("jobs", []) if isinstance(body, dict) else body
-        return [JobInfo.model_validate(item) for item in items]
+    def jobs(self, limit: int | None = None) -> list[JobInfo]:
+        """Recent jobs, newest first."""
+        return self._get("/jobs", JobList, limit=limit).jobs
 
     # ----------------------------------------------------------------------------------------- backbone
     def backbone(self) -> BackboneInfo:
@@ -525,8 +493,6 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "ERROR_CLASSES",
-    "JobCreated",
-    "JobInfo",
     "OnnxDownload",
     "TransferStats",
     "error_from_response",

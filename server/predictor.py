@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from vpetl.store import AsyncAdapterStore
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+BatchPolicy = Literal["mixed", "per-task"]
+BATCH_POLICIES: tuple[BatchPolicy, ...] = ("mixed", "per-task")
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Predictor:
         bank: the engine (owns the frozen backbone).
         store: the async Redis adapter store.
         max_batch_size / max_wait_ms / max_queue: micro-batcher policy.
+        batch_policy: ``mixed`` (default: one backbone forward per collected batch, whatever its tasks) or
+            ``per-task`` (the baseline: split the collected batch by (task, version) and run one forward per group,
+            sequentially — what stock ``@serve.batch`` + multiplexing does, since it splits batches by model id).
         pointer_check_s: period of the pointer re-check.
         on_batch / on_load: metrics callbacks.
     """
@@ -77,10 +82,14 @@ class Predictor:
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         pointer_check_s: float = 0.5,
+        batch_policy: BatchPolicy = "mixed",
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
+        if batch_policy not in BATCH_POLICIES:
+            raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}, not {batch_policy!r}")
         self.bank, self.store = bank, store
+        self.batch_policy: BatchPolicy = batch_policy
         self.batcher: MicroBatcher[_Item, tuple[Any, float]] = MicroBatcher(
             self._run_batch,
             max_batch_size=max_batch_size,
@@ -221,8 +230,26 @@ class Predictor:
         )
 
     def _run_batch(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
+        if self.batch_policy == "per-task":
+            return self._run_per_task(items)
         started = time.perf_counter()
         clips = torch.stack([item.clip for item in items])  # (B, C, T, H, W)
         results = self.bank.forward(clips, [item.key for item in items])
         elapsed = time.perf_counter() - started
         return [r if isinstance(r, VpetlError) else (r, elapsed) for r in results]
+
+    def _run_per_task(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
+        """The baseline policy: one backbone forward per (task, version) group of the collected batch, one after
+        another in order of first arrival. Each item's model time is its own group's forward."""
+        groups: dict[Key, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.key, []).append(i)
+        results: list[tuple[Any, float] | BaseException] = [RuntimeError("unset")] * len(items)
+        for key, rows in groups.items():
+            started = time.perf_counter()
+            clips = torch.stack([items[i].clip for i in rows])  # (b, C, T, H, W), one task
+            out = self.bank.forward(clips, [key] * len(rows))
+            elapsed = time.perf_counter() - started
+            for i, r in zip(rows, out, strict=True):
+                results[i] = r if isinstance(r, VpetlError) else (r, elapsed)
+        return results

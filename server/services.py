@@ -132,6 +132,7 @@ def create_services(settings: Settings) -> Services:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             pointer_check_s=settings.pointer_check_s,
+            batch_policy=settings.batch_policy,
             on_batch=metrics.on_batch,
             on_load=metrics.on_load,
         )

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    batch_policy: Literal["mixed", "per-task"] = Field(
+        "mixed", description="mixed: one forward per batch across tasks; per-task: split by task (baseline)"
+    )
     max_upload_mb: float = Field(64.0, gt=0, description="clip upload limit")
     max_adapter_mb: float = Field(64.0, gt=0, description="adapter upload limit")
     cache_mb: float = Field(256.0, gt=0, description="adapter cache byte budget per predictor")

@@ -40,7 +40,8 @@ class ClipTensors:
     """In-memory clips of one split.
 
     Attributes:
-        clips: (N, V, C, T, H, W) float16; V augmented draws (``train``) or V test views (eval).
+        clips: (N, V, C, T, H, W) float16; V augmented draws (``train``) or V test views (eval). (Or (N, V, F)
+            frozen features, for a linear probe that never runs the backbone twice on the same clip.)
         labels: (N,) int64 label indices into ``classes``.
         classes: class names.
         train: True when the views are augmented draws (one is used per epoch), False for test views (averaged).
@@ -57,6 +58,11 @@ class ClipTensors:
         return int(self.labels.shape[0])
 
     @property
+    def sample_dims(self) -> int:
+        """Rank of one model input: 4 for clips (C, T, H, W), 1 for cached features."""
+        return self.clips.dim() - 2
+
+    @property
     def num_views(self) -> int:
         return int(self.clips.shape[1])
 
@@ -70,7 +76,7 @@ class ClipTensors:
     def batches(self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool | None = None,
                 drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         """``(clips, labels)`` float32 batches: (B, C, T, H, W) for training splits (one draw per clip, shuffled),
-        (B, V, C, T, H, W) for evaluation splits (in order)."""
+        (B, V, C, T, H, W) for evaluation splits (in order). ``drop_last`` drops a last partial batch."""
         shuffle = self.train if shuffle is None else shuffle
         n = len(self)
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)

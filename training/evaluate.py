@@ -46,12 +46,13 @@ def autocast(device: torch.device, amp: str | None):  # noqa: ANN201 - a context
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def video_logits(model: nn.Module, x: Tensor, *, max_rows: int | None = None) -> Tensor:
+def video_logits(model: nn.Module, x: Tensor, *, sample_dims: int = 4, max_rows: int | None = None) -> Tensor:
     """Logits per video: (B, C, T, H, W) -> (B, K); (B, V, C, T, H, W) -> views averaged -> (B, K).
 
-    ``max_rows`` bounds how many views go through the model at once (memory on long multi-view batches).
+    ``sample_dims`` is the rank of one model input without the batch (4 for clips; 1 for cached features, where
+    the model is a head). ``max_rows`` bounds how many views go through the model at once.
     """
-    if x.dim() == 5:
+    if x.dim() == sample_dims + 1:
         return model(x).float()
     b, v = x.shape[:2]
     flat = x.reshape(b * v, *x.shape[2:])  # (B·V, C, T, H, W), views of a video contiguous
@@ -67,6 +68,7 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
     amp: str | None = None,
+    sample_dims: int = 4,
     max_rows: int | None = 64,
 ) -> EvalResult:
     """Top-1, top-5 and mean cross-entropy of ``model`` over ``batches`` of ``(clips, labels)``.
@@ -81,9 +83,9 @@ def evaluate(
     try:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device)
-            views = x.shape[1] if x.dim() == 6 else 1
+            views = x.shape[1] if x.dim() == sample_dims + 2 else 1
             with autocast(device, amp):
-                logits = video_logits(model, x, max_rows=max_rows)
+                logits = video_logits(model, x, sample_dims=sample_dims, max_rows=max_rows)
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
             c1, c5 = topk_correct(logits, y)
             correct1, correct5, n = correct1 + c1, correct5 + c5, n + int(y.shape[0])

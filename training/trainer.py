@@ -222,7 +222,9 @@ class _TrainBatches:
         return iter(self.loader)
 
 
-def _eval_batches(data: Data, spec: Any, config: TrainConfig, views: tuple[int, int]) -> Iterable[tuple[Tensor, Tensor]]:
+def _eval_batches(
+    data: Data, spec: Any, config: TrainConfig, views: tuple[int, int]
+) -> Iterable[tuple[Tensor, Tensor]]:
     if isinstance(data, ClipTensors):
         return data.batches(config.batch_size, shuffle=False)
     from vpetl.data.loader import make_loader
@@ -319,7 +321,8 @@ def fit(
                 result = None
                 if val is not None and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
                     views = config.eval_views if last else (1, 1)  # multi-view only for the reported figure
-                    result = evaluate(model, _eval_batches(val, spec, config, views), device=device, amp=amp)
+                    result = evaluate(model, _eval_batches(val, spec, config, views), device=device, amp=amp,
+                                      sample_dims=val.sample_dims if isinstance(val, ClipTensors) else 4)
                 elapsed = time.perf_counter() - started
                 record = ProgressEvent(
                     kind="epoch", epoch=epoch + 1, epochs=config.epochs, step=step, total_steps=total_steps,

@@ -314,7 +314,7 @@ def _load_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
     for name, arr in loaded.items():
         # float32 for every consumer (torch copy_, onnxruntime inputs); float16 → float32 is exact.
         with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            arr = np.require(arr.astype(np.float32, copy=False), requirements="C")  # keeps 0-d shapes
         finite = np.isfinite(arr)
         if not finite.all():
             raise InvalidAdapter(f"{where}: tensor {name!r} has {int(arr.size - finite.sum())} NaN/Inf value(s)")

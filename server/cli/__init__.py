@@ -10,6 +10,7 @@ from server.cli import data as _data  # noqa: F401  (registers `vpetl data …`)
 from server.cli import inspect as _inspect  # noqa: F401  (registers `vpetl inspect`)
 from server.cli import onnx as _onnx  # noqa: F401  (registers `vpetl export-onnx`)
 from server.cli import serve as _serve  # noqa: F401  (registers `vpetl serve`)
+from server.cli import train as _train  # noqa: F401  (registers `vpetl train`, `pretrain`, `experiment`)
 from server.cli import up as _up  # noqa: F401  (registers `vpetl up`)
 from server.cli import worker as _worker  # noqa: F401  (registers `vpetl worker`)
 from server.cli.app import app

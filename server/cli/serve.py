@@ -114,6 +114,10 @@ def serve(
     max_batch_size: int | None = typer.Option(None, help="clips per model batch (default: 8)"),
     max_wait_ms: float | None = typer.Option(None, help="longest wait for a batch to fill, ms (default: 5)"),
     max_queue: int | None = typer.Option(None, help="clips that may wait; beyond it requests get 503 (default: 64)"),
+    batch_policy: str | None = typer.Option(
+        None, help="mixed (one forward per batch across tasks) or per-task (split by task: the baseline) "
+        "(default: mixed)"
+    ),
     cache_mb: float | None = typer.Option(None, help="adapter cache budget per predictor, MiB (default: 256)"),
     max_upload_mb: float | None = typer.Option(None, help="clip upload limit, MiB (default: 64)"),
     max_adapter_mb: float | None = typer.Option(None, help="adapter upload limit, MiB (default: 64)"),
@@ -128,8 +132,8 @@ def serve(
         settings = get_settings(
             engine=engine, host=host, port=port, redis_url=redis_url, backbone=backbone, checkpoint=checkpoint,
             data_dir=data_dir, device=device, replicas=replicas, max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms, max_queue=max_queue, cache_mb=cache_mb, max_upload_mb=max_upload_mb,
-            max_adapter_mb=max_adapter_mb, admin_token=admin_token,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, batch_policy=batch_policy, cache_mb=cache_mb,
+            max_upload_mb=max_upload_mb, max_adapter_mb=max_adapter_mb, admin_token=admin_token,
         )  # fmt: skip
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])

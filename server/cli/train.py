@@ -16,9 +16,10 @@ from server.cli.app import app, console, fail, print_json
 from vpetl.errors import InvalidRequest, VpetlError
 
 
-def default_cache_dir() -> Path:
-    """Where the demo backbone and decoded clips are cached: ``$VPETL_DATA_DIR/cache`` (default ``.vpetl/cache``)."""
-    return Path(os.environ.get("VPETL_DATA_DIR", ".vpetl")) / "cache"
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("VPETL_TORCH_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def method_options(method: str, bottleneck: int | None, scale: float | None, positions: str | None,
@@ -53,16 +54,8 @@ def method_options(method: str, bottleneck: int | None, scale: float | None, pos
     return out
 
 
-def load_backbone(name: str, checkpoint: str | None, *, progress: bool = True):  # noqa: ANN201 - a Backbone
-    """The backbone to train on; ``vpetl-demo`` without a checkpoint is the cached pretrained demo backbone
-    (pretrained on first use)."""
-    from vpetl.backbones.registry import create_backbone
-
-    if name == "vpetl-demo" and checkpoint is None:
-        from training.pretrain import ensure_demo_backbone
-
-        checkpoint = str(ensure_demo_backbone(default_cache_dir() / "backbones", progress=progress))
-    return create_backbone(name, checkpoint=checkpoint)
+DATA_DIR = typer.Option(Path(".vpetl"), "--data-dir", envvar="VPETL_DATA_DIR",
+                        help="vpetl's data directory (the demo backbone is cached under backbones/)")
 
 
 @app.command()
@@ -95,16 +88,17 @@ def train(
     train_views: int = typer.Option(0, "--cache-views", min=0,
                                     help="decode each training clip N times once and reuse (0: decode every epoch)"),
     log: str | None = typer.Option(None, "--log", help="JSON-lines training log"),
+    data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
 ) -> None:
     """Train one adapter on a dataset directory and write the adapter file."""
-    import torch
-
+    from server.cli.common import resolve_checkpoint
     from training.trainer import TrainConfig, train_adapter
+    from vpetl.backbones.registry import create_backbone
     from vpetl.data.readers import open_dataset
     from vpetl.errors import DatasetError
 
-    torch.set_num_threads(int(os.environ.get("VPETL_TORCH_THREADS", min(2, os.cpu_count() or 1))))
+    _threads()
     try:
         views = tuple(int(v) for v in eval_views.lower().split("x"))
         if len(views) != 2 or min(views) < 1:
@@ -122,7 +116,9 @@ def train(
             val_set = open_dataset(data, "val")
         except DatasetError:
             val_set = None  # a dataset without a validation split trains without evaluation
-        model_backbone = load_backbone(backbone, checkpoint, progress=not as_json)
+        weights = resolve_checkpoint(backbone, Path(checkpoint) if checkpoint else None, data_dir,
+                                     progress=not as_json)
+        model_backbone = create_backbone(backbone, checkpoint=weights)
         result = train_adapter(model_backbone, method_config, train_set, val_set, config, task=task, out=out,
                                log_path=log, progress=not as_json)
     except VpetlError as e:
@@ -148,18 +144,17 @@ def pretrain(
     data: str | None = typer.Option(None, "--data", "-d", help="source-domain dataset (default: synthesize the "
                                     "`source` preset under the cache directory)"),
     seed: int = typer.Option(0, "--seed"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="cache (default $VPETL_DATA_DIR/cache/backbones)"),
+    data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
 ) -> None:
-    """Pretrain the small `vpetl-demo` video ViT on the synthetic source domain (cached by content hash)."""
+    """Pretrain the small `vpetl-demo` video ViT on the synthetic source domain (cached by content hash under
+    DATA_DIR/backbones; the same inputs return at once)."""
     import shutil
-
-    import torch
 
     from training.pretrain import PretrainConfig, pretrain_demo
 
-    torch.set_num_threads(int(os.environ.get("VPETL_TORCH_THREADS", min(2, os.cpu_count() or 1))))
-    cache = Path(cache_dir) if cache_dir else default_cache_dir() / "backbones"
+    _threads()
+    cache = data_dir / "backbones"
     try:
         result = pretrain_demo(PretrainConfig(seed=seed), cache, data=data, progress=not as_json)
     except VpetlError as e:
@@ -182,19 +177,15 @@ def experiment(
     out: str = typer.Option(..., "--out", "-o", help="directory for results.csv, results.md, results.png"),
     preset: str = typer.Option("mini", "--preset", help="smoke (< 1 min, for tests) | mini (~30 min on 2 cores)"),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="seeds for the headline rows (default: preset)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="cache (default $VPETL_DATA_DIR/cache)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result rows as JSON"),
+    data_dir: Path = DATA_DIR,
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Compare PETL methods on the demo backbone (temporal + appearance tasks): CSV, Table-3 markdown, Fig.-1 plot."""
-    import torch
-
     from training.experiment import run_experiment
 
-    torch.set_num_threads(int(os.environ.get("VPETL_TORCH_THREADS", min(2, os.cpu_count() or 1))))
+    _threads()
     try:
-        report = run_experiment(preset, Path(out), seeds=seeds,
-                                cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                                progress=not as_json)
+        report = run_experiment(preset, Path(out), seeds=seeds, data_dir=data_dir, progress=not as_json)
     except VpetlError as e:
         fail(e)
     if as_json:

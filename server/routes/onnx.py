@@ -3,10 +3,8 @@
 The graph is exported on the first request for a family (in a worker thread, seconds for the demo backbone) and
 kept under ``<data_dir>/onnx/`` keyed by backbone name, sha256 and family, so later requests — and restarts — just
 stream the file. ``ETag`` is the sha256 of the file; ``If-None-Match`` with it answers 304 without a body, so an
-edge device checks for a new backbone with one tiny request.
-
-Hookup (``server/app.py``): include ``onnx.router`` in ``_routers()`` and drop the placeholder ``/backbone/onnx``
-route from ``server/routes/backbone.py`` (the first matching route wins).
+edge device checks for a new backbone with one tiny request. ``?family=`` picks the adapter family the graph
+takes (default ``bapat``; a LoRA adapter needs ``family=lora``).
 """
 
 from __future__ import annotations

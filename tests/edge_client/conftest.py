@@ -9,33 +9,10 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # fake_server.py is shared with benchmarks/edge.py, which imports it the same way
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_server.py / edge_helpers.py (also benchmarks)
 
+from edge_helpers import TINY  # noqa: E402
 from fake_server import FakeServer  # noqa: E402
-
-TINY = "videomae-tiny"
-LABELS = ["run", "jump", "wave", "sit"]
-
-
-def make_adapter(method: str, options: dict, *, task: str = "t", seed: int = 1, backbone: str = TINY,
-                 labels: list[str] | None = None) -> tuple[object, bytes]:
-    """(PetlModel, artifact bytes) with every trainable tensor random (zero-init ups would hide bugs)."""
-    import torch
-
-    from vpetl.petl import create_model
-    from vpetl.petl.io import adapter_bytes
-    from vpetl.petl.registry import make_config
-
-    labels = labels or LABELS
-    model = create_model(backbone, make_config(method, **options), len(labels), seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_state_dict().values():
-            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-    model.eval()
-    data = adapter_bytes(model, task=task, labels=labels, created_at="2025-01-01T00:00:00Z")
-    return model, data
 
 
 @pytest.fixture(scope="session")

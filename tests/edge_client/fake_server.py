@@ -250,9 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         job_id = f"{len(self.state.jobs) + 1:016x}"
-        self.state.jobs[job_id] = {"job_id": job_id, "task": params.get("task"), "state": "queued", "params": params,
-                                   "progress": {}, "polls": 0}
-        self._json(202, {"job_id": job_id})
+        now = datetime.now(timezone.utc).timestamp()
+        self.state.jobs[job_id] = {"id": job_id, "state": "queued", "params": params, "progress": {}, "result": {},
+                                   "created_at": now, "updated_at": now, "polls": 0}
+        self._json(202, {"job_id": job_id, "state": "queued"})
 
     def _get_jobs(self, parts: list[str], query: dict[str, str]) -> None:
         if not parts:
@@ -268,7 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
         job["state"] = "queued" if epoch == 0 else ("running" if epoch < epochs else "succeeded")
         job["progress"] = {"epoch": epoch, "epochs": epochs, "loss": 1.0 / (1 + epoch), "acc": epoch / epochs}
         if job["state"] == "succeeded":
-            job["version"] = self.state.current.get(job["task"], 1)
+            job["version"] = self.state.current.get(job["params"].get("task"), 1)
+            job["result"] = {"published": True, "version": job["version"]}
         self._json(200, self._public(job))
 
     @staticmethod

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter
+from edge_helpers import make_adapter
 from fake_server import FakeServer
 
 from edge_client.cache import EdgeCache, default_cache_dir

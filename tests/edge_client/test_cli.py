@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, make_adapter
+from edge_helpers import LABELS, make_adapter
 from fake_server import FakeServer
 from typer.testing import CliRunner
 
@@ -82,12 +82,11 @@ def test_train_wait_follows_the_job(fake: FakeServer) -> None:
                        "--wait", "--poll", "0", "--json")
     job = json.loads(out)
     assert code == 0 and job["state"] == "succeeded" and job["progress"]["epoch"] == 3 and job["version"] == 1
-    assert fake.state.jobs[job["job_id"]]["params"] == {"task": "hmdb", "method": "bapat", "bottleneck": 64,
-                                                         "epochs": 3}
-    assert fake.state.jobs[job["job_id"]]["polls"] == 4  # queued, epoch 1, 2, 3
+    assert fake.state.jobs[job["id"]]["params"] == {"task": "hmdb", "method": "bapat", "bottleneck": 64, "epochs": 3}
+    assert fake.state.jobs[job["id"]]["polls"] == 4  # queued, epoch 1, 2, 3
     code, out, _ = run(fake, "jobs", "--json")
-    assert [j["job_id"] for j in json.loads(out)] == [job["job_id"]]
-    code, out, _ = run(fake, "jobs", job["job_id"], "--json")
+    assert [j["id"] for j in json.loads(out)] == [job["id"]]
+    code, out, _ = run(fake, "jobs", job["id"], "--json")
     assert json.loads(out)["state"] == "succeeded"
     code, _, err = run(fake, "jobs", "0000000000000bad")
     assert code == 1 and err.startswith("error [unknown_job]:")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, TINY, make_adapter
+from edge_helpers import LABELS, TINY, make_adapter
 
 from edge_client.runner import Runner, graph_feeds
 from training.onnx_export import decode_adapter, make_layout, task_feeds

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import HERE, make_adapter
+from edge_helpers import HERE, make_adapter
 
 from vpetl.video import load_clip
 

@@ -169,7 +169,7 @@ def decode_task(
     method = get_method(config.method)
     if not method.servable:
         raise IncompatibleAdapter(f"method {config.method!r} produces a whole model, not a servable adapter")
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, dtype) for k, v in arrays.items()}
+    tensors = {k: torch.from_numpy(np.require(v, requirements="C")).to(device, dtype) for k, v in arrays.items()}
     out = TaskAdapter(
         task=task,
         version=version,

@@ -1,0 +1,134 @@
+"""Experiment reports: the markdown table in the shape of V-PETL Table 3 and the Fig. 1 plot (top-1 against
+trainable parameters, log x), from the rows of ``results.csv``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = ["task", "row", "label", "method", "group", "d", "positions", "scale", "seed", "trainable_params",
+              "top1", "top5", "val_loss", "train_loss", "epochs", "train_time_s", "run_time_s"]
+
+
+def format_params(n: float) -> str:
+    """Table 3 style: 6.38M, 0.18M; small counts in K (the demo backbone is 3M parameters)."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(row key, task) -> {label, method, group, d, params, mean, spread, n, seeds}; top-1 in %. The spread is
+    half the range over seeds ((max − min) / 2), 0 for one seed."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((str(r["row"]), str(r["task"])), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        accs = [100.0 * float(r["top1"]) for r in rs]
+        out[key] = {"label": rs[0]["label"], "method": rs[0]["method"], "group": rs[0]["group"], "d": rs[0]["d"],
+                    "params": int(rs[0]["trainable_params"]), "mean": sum(accs) / len(accs),
+                    "spread": (max(accs) - min(accs)) / 2, "n": len(accs), "seed0": accs[0]}
+    return out
+
+
+def _ordered(records: list[Mapping[str, Any]], key: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in records:
+        seen.setdefault(str(r[key]), None)
+    return list(seen)
+
+
+def _cell(stats: Mapping[str, Any] | None, best: float, with_spread: bool) -> str:
+    if stats is None:
+        return "–"
+    text = f"{stats['mean']:.2f}" + (f" ± {stats['spread']:.2f}" if with_spread and stats["n"] > 1 else "")
+    return f"**{text}**" if abs(stats["mean"] - best) < 1e-9 else text
+
+
+def write_markdown(records: list[Mapping[str, Any]], path: Path, *, preset: Mapping[str, Any] | None = None,
+                   summary: Mapping[str, Any] | None = None) -> Path:
+    """Write the Table-3-shaped markdown (headline rows, then the PATT position and scale ablations)."""
+    stats = aggregate(records)
+    tasks, rows = _ordered(records, "task"), _ordered(records, "row")
+    seeds = max((s["n"] for s in stats.values()), default=1)
+    lines = ["# PETL methods on the demo backbone (V-PETL Table 3 shape)", ""]
+    if preset:
+        lines += [f"Preset `{preset.get('name')}`: {preset.get('epochs')} epochs, batch {preset.get('batch_size')}, "
+                  f"{preset.get('clips_per_class')} clips per class (80/20 train/val), tasks "
+                  f"{', '.join(tasks)}. Top-1 in %, on the validation split; headline rows: mean ± half the range "
+                  f"over {seeds} seeds; ablations: seed 0. Best per column in bold.", ""]
+    header = "| Method | d | " + " | ".join(f"# Params ({t}) | Top-1 {t} (%)" for t in tasks) + " |"
+    rule = "|---|---|" + "---|---|" * len(tasks)
+    lines += ["## Methods", "", header, rule]
+    headline = [r for r in rows if any(stats[(r, t)]["group"] == "headline" for t in tasks if (r, t) in stats)]
+    best = {t: max(stats[(r, t)]["mean"] for r in headline if (r, t) in stats) for t in tasks}
+    for r in headline:
+        first = next(stats[(r, t)] for t in tasks if (r, t) in stats)
+        cells = []
+        for t in tasks:
+            s = stats.get((r, t))
+            cells += [format_params(s["params"]) if s else "–", _cell(s, best[t], True)]
+        lines.append(f"| {first['label']} | {first['d'] or '-'} | " + " | ".join(cells) + " |")
+    for group, title, column in (("positions", "PATT positions", "Positions"), ("scale", "PATT scale s", "s")):
+        ablation = [r for r in rows if any((r, t) in stats and stats[(r, t)]["group"] == group for t in tasks)]
+        if not ablation:
+            continue
+        d = stats[next((r, t) for r in ablation for t in tasks if (r, t) in stats)]["d"]
+        reference = f"patt-d{d}"
+        lines += ["", f"## {title} (d = {d}, seed 0)", "", f"| {column} | # Params | " +
+                  " | ".join(f"Top-1 {t} (%)" for t in tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        for r in ([reference] if any((reference, t) in stats for t in tasks) else []) + ablation:
+            rec = next(x for x in records if x["row"] == r)
+            name = str(rec["positions"] if group == "positions" else rec["scale"])
+            name += " (default)" if r == reference else ""
+            accs = [f"{stats[(r, t)]['seed0']:.2f}" if (r, t) in stats else "–" for t in tasks]
+            lines.append(f"| {name} | {format_params(int(rec['trainable_params']))} | " + " | ".join(accs) + " |")
+    if summary:
+        pre = summary.get("pretrain") or {}
+        lines += ["", "## Run", "", f"- runs: {summary.get('runs')}, total {summary.get('total_time_s')} s "
+                  f"(data + backbone {summary.get('prep_time_s')} s)",
+                  f"- demo backbone {str(summary.get('backbone_sha256', ''))[:12]}: source val top-1 "
+                  f"{100 * float(pre.get('val_top1') or 0):.1f}%",
+                  "- mean run time per method (s): " + ", ".join(f"{m} {t}" for m, t in
+                                                                   (summary.get("mean_run_time_s") or {}).items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_plot(records: list[Mapping[str, Any]], path: Path) -> Path:
+    """Fig. 1 style: one panel per task, top-1 (%) against trainable parameters (log x); PATT and BAPAT as lines
+    over d, the other methods as single points; error bars show the seed spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = aggregate(records)
+    tasks = _ordered(records, "task")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    markers = {"linear": "s", "bitfit": "^", "lora": "v", "adaptmlp": "D", "prefix": "P", "full": "*",
+               "patt": "o", "bapat": "o"}
+    for ax, task in zip(axes[0], tasks, strict=True):
+        points = {k[0]: s for k, s in stats.items() if k[1] == task and s["group"] == "headline"}
+        for method in ("patt", "bapat"):
+            series = sorted((s for s in points.values() if s["method"] == method), key=lambda s: s["params"])
+            if series:
+                ax.errorbar([s["params"] for s in series], [s["mean"] for s in series],
+                            yerr=[s["spread"] for s in series], marker="o", capsize=3, label=series[0]["label"])
+                for s in series:
+                    ax.annotate(f"d={s['d']}", (s["params"], s["mean"]), textcoords="offset points", xytext=(4, -10),
+                                fontsize=7)
+        for s in points.values():
+            if s["method"] not in ("patt", "bapat"):
+                ax.errorbar([s["params"]], [s["mean"]], yerr=[s["spread"]], marker=markers.get(s["method"], "x"),
+                            markersize=9, capsize=3, linestyle="none", label=s["label"])
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{task}: parameter-accuracy trade-off")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
