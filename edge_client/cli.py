@@ -389,6 +389,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="clips per step")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    publish_if_worse: Annotated[
+        bool, typer.Option("--publish-if-worse", help="publish even if val top-1 is below the current version's")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job until it succeeds or fails")] = False,
     poll: Annotated[float, typer.Option(help="seconds between status polls with --wait")] = 1.0,
     timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
@@ -398,7 +401,7 @@ def train(
 ) -> None:
     """Start a training job on TASK's uploaded clips; with --wait, show epoch/loss/acc until it finishes."""
     params = {"task": task, "method": method, "bottleneck": bottleneck, "scale": scale, "epochs": epochs,
-              "batch_size": batch_size, "lr": lr}
+              "batch_size": batch_size, "lr": lr, "publish_if_worse": publish_if_worse or None}
     with handled(), client(server, token) as c:
         created = c.create_job(**params)
         if not wait:
