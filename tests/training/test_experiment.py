@@ -1,0 +1,36 @@
+"""``experiment --preset smoke``: the whole pipeline (pretrain, data, every kind of row, report) in seconds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from training.experiment import PRESETS, plan_rows, plan_runs, run_experiment
+
+
+def test_mini_plan_has_the_paper_rows() -> None:
+    rows = {r.key: r for r in plan_rows(PRESETS["mini"])}
+    for key in ("linear", "bitfit", "lora-d16", "adaptmlp-d64", "prefix-d128", "full", "patt-d32", "patt-d64",
+                "patt-d128", "bapat-d32", "bapat-d64", "bapat-d128", "patt-d128-qk", "patt-d128-qv", "patt-d128-qkv",
+                "patt-d128-s0.2", "patt-d128-s0.5", "patt-d128-s1.0"):
+        assert key in rows
+    runs = plan_runs(PRESETS["mini"])
+    assert len(runs) >= 60 and len({(t, r.key, s) for t, r, s in runs}) == len(runs)
+
+
+def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run_experiment("smoke", out, data_dir=tmp_path / "data", progress=False)
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == summary["runs"] == len(plan_runs(PRESETS["smoke"]))
+    assert {r["task"] for r in rows} == {"temporal", "appearance"}
+    assert {r["method"] for r in rows} == {"linear", "bitfit", "full", "patt", "bapat"}
+    assert all(0.0 <= float(r["top1"]) <= 1.0 and int(r["trainable_params"]) > 0 for r in rows)
+    md = (out / "results.md").read_text()
+    assert "| Method | d |" in md and "±" in md and "PATT positions" in md and "PATT scale" in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second run of the same experiment resumes: nothing is trained again
+    again = run_experiment("smoke", out, data_dir=tmp_path / "data", progress=False)
+    assert again["runs"] == summary["runs"] and again["total_time_s"] < summary["total_time_s"]
