@@ -9,8 +9,10 @@ import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _two_threads() -> None:
-    torch.set_num_threads(2)  # the test machines have 2 cores; more threads only fight over them
+def _one_thread() -> None:
+    # Tiny models gain nothing from a second intra-op thread, and on a busy 2-core machine (tests run in parallel
+    # with other suites) a barrier waiting for a descheduled thread makes each op ~100x slower.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

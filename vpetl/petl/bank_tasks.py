@@ -99,12 +99,24 @@ def expected_shapes(backbone: Backbone, config: MethodConfig, num_classes: int) 
     return dict(_shape_cache[key])
 
 
+def _scaled(t: Tensor, scale: Tensor | float) -> Tensor:
+    """``scale · t`` for a load-time fold. On CPU the product is taken in numpy: a one-off elementwise op on a
+    few-MB tensor would otherwise wake torch's OpenMP pool, which costs milliseconds on a busy 2-core host."""
+    if isinstance(scale, Tensor):
+        scale = float(scale.reshape(()))
+    if scale == 1.0:
+        return t
+    if t.device.type == "cpu" and t.dtype == torch.float32:
+        return torch.from_numpy(t.numpy() * np.float32(scale))
+    return t * scale
+
+
 def _fold_up(weights: Mapping[str, Tensor], scale: Tensor | float) -> Component:
     """``s·Up(z)`` -> ``Up'(z)`` with ``Up' = s·Up`` (weight and bias)."""
     out = dict(weights)
-    out["up.weight"] = weights["up.weight"] * scale
+    out["up.weight"] = _scaled(weights["up.weight"], scale)
     if "up.bias" in weights:
-        out["up.bias"] = weights["up.bias"] * scale
+        out["up.bias"] = _scaled(weights["up.bias"], scale)
     return out
 
 
@@ -214,7 +226,7 @@ def decode_task(
             w = comps["lora"]
             scaling = config.scaling  # type: ignore[attr-defined]
             targets = sorted({k.split(".")[0] for k in w}, key="qkv".index)
-            canon["lora"] = {k: (t * scaling if k.endswith(".B") else t) for k, t in w.items()}
+            canon["lora"] = {k: (_scaled(t, scaling) if k.endswith(".B") else t) for k, t in w.items()}
             out.lora_targets = tuple(targets)
         if "st_adapter" in comps:
             w = comps["st_adapter"]
