@@ -70,7 +70,8 @@ class Preset:
     eval_views: tuple[int, int] = (1, 1)
     bottlenecks: tuple[int, ...] = (32, 64, 128)
     headline_seeds: int = 2
-    ablations: bool = True
+    positions: tuple[tuple[str, ...], ...] = (("q", "k"), ("q", "v"), ("q", "k", "v"))  # PATT ablation ((k, v) is
+    scales: tuple[float, ...] = (0.2, 0.5, 1.0)  # the default row), scale ablation (0.8 is the default row)
     methods: tuple[str, ...] = ("linear", "bitfit", "lora", "adaptmlp", "prefix", "full")
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -87,7 +88,8 @@ PRESETS: dict[str, Preset] = {
     # plumbing only (tests): a 2-block, 32-wide demo ViT pretrained for one epoch, 3 clips per class, one epoch
     "smoke": Preset(
         "smoke", clips_per_class=3, data_size=80, frames=(16, 20), epochs=1, batch_size=4, train_views=1,
-        bottlenecks=(8,), headline_seeds=2, methods=("linear", "bitfit", "full"), backbone_overrides=_TINY,
+        bottlenecks=(8,), headline_seeds=2, positions=(("q", "v"),), scales=(0.5,),
+        methods=("linear", "bitfit", "full"), backbone_overrides=_TINY,
         pretrain=PretrainConfig(clips_per_class=2, frames=(16, 20), epochs=1, batch_size=8, num_workers=1,
                                 backbone_overrides=_TINY),
     ),
@@ -110,13 +112,12 @@ def plan_rows(preset: Preset) -> list[Row]:
     for method in ("patt", "bapat"):
         for d in preset.bottlenecks:
             rows.append(Row(f"{method}-d{d}", LABELS[method], method, {"bottleneck": d}, d))
-    if preset.ablations:
-        d = max(preset.bottlenecks)
-        for pos in (("q", "k"), ("q", "v"), ("q", "k", "v")):
-            rows.append(Row(f"patt-d{d}-{''.join(pos)}", f"PATT on {','.join(pos)}", "patt",
-                            {"bottleneck": d, "positions": pos}, d, "positions"))
-        for s in (0.2, 0.5, 1.0):
-            rows.append(Row(f"patt-d{d}-s{s}", f"PATT s={s}", "patt", {"bottleneck": d, "scale": s}, d, "scale"))
+    d = max(preset.bottlenecks)
+    for pos in preset.positions:
+        rows.append(Row(f"patt-d{d}-{''.join(pos)}", f"PATT on {','.join(pos)}", "patt",
+                        {"bottleneck": d, "positions": pos}, d, "positions"))
+    for s in preset.scales:
+        rows.append(Row(f"patt-d{d}-s{s}", f"PATT s={s}", "patt", {"bottleneck": d, "scale": s}, d, "scale"))
     return rows
 
 

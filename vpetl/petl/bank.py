@@ -54,10 +54,11 @@ class AdapterBank:
     Args:
         backbone: the frozen backbone (held once; the bank attaches one hook adapter to each block).
         budget_bytes: the adapter cache's byte budget.
-        strategy: ``segment`` (sort by task, one GEMM per segment) or ``gather`` (per-sample stacks + bmm).
+        strategy: ``gather`` (per-sample stacks + bmm; the faster in benchmarks/engine.py, BENCHMARKS.md) or
+            ``segment`` (sort by task, one GEMM per segment).
     """
 
-    def __init__(self, backbone: Backbone, *, budget_bytes: int = 256 << 20, strategy: str = "segment") -> None:
+    def __init__(self, backbone: Backbone, *, budget_bytes: int = 256 << 20, strategy: str = "gather") -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         self.backbone = backbone.eval()
