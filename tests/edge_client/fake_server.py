@@ -84,9 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if body and status != 304:
-            self.wfile.write(body)
-            with self.state.lock:
+            with self.state.lock:  # count before writing: the client may return before this thread resumes
                 self.state.sent[kind] += len(body)
+            self.wfile.write(body)
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), headers=headers)
