@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,3 +180,41 @@ def load_clip_tensors(
         save_file({"clips": clips, "labels": labels}, str(partial))
         partial.replace(path)  # readers never see a half-written cache file
     return ClipTensors(clips, labels, list(dataset.classes), train, spec)
+
+
+class EpochBatches:
+    """Training batches of one epoch, from a VideoDataset (decoded on the fly) or ClipTensors (in memory).
+
+    Both paths shuffle with ``default_rng([seed, epoch])`` and drop the last partial batch, so the sample order does
+    not depend on the batch size: that is what makes accumulate=2 at batch 2 equal batch 4.
+    """
+
+    def __init__(self, data: VideoDataset | ClipTensors, spec: InputSpec, batch_size: int, *, seed: int = 0,
+                 num_workers: int = 0) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        if isinstance(data, VideoDataset):
+            from vpetl.data.loader import make_loader
+
+            self.loader = make_loader(data, spec, batch_size, train=True, num_workers=num_workers, seed=seed)
+
+    def __len__(self) -> int:
+        if isinstance(self.data, ClipTensors):
+            return self.data.num_batches(self.batch_size, drop_last=True)
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if isinstance(self.data, ClipTensors):
+            return self.data.batches(self.batch_size, epoch=epoch, seed=self.seed, drop_last=True)
+        self.loader.set_epoch(epoch)
+        return iter(self.loader)
+
+
+def eval_batches(data: VideoDataset | ClipTensors, spec: InputSpec, batch_size: int,
+                 views: tuple[int, int] = (1, 1), num_workers: int = 0) -> Iterable[tuple[Tensor, Tensor]]:
+    """Evaluation batches in order: ClipTensors as stored (their views), a VideoDataset decoded with ``views``."""
+    if isinstance(data, ClipTensors):
+        return data.batches(batch_size, shuffle=False)
+    from vpetl.data.loader import make_loader
+
+    return make_loader(data, spec, batch_size, train=False, num_workers=num_workers,
+                       views=None if views == (1, 1) else views)

@@ -5,8 +5,8 @@ option), peak lr = base_lr × effective_batch / 256, linear warmup then a half-c
 AMP on GPU. What differs, and why:
 
 - **base_lr defaults to 1.0 for SGD, not 0.1.** The papers train 70–90 epochs on 100k+ clips; vpetl trains on
-  tens of clips per class for ~10–20 epochs. At 0.1 × 16/256 = 0.00625 the head barely moves in that many steps
-  (measured on the demo backbone: see README "Demo backbone"); 1.0 × 16/256 = 0.0625 trains in time and is still
+  tens of clips per class for ~10–20 epochs. At 0.1 × 16/256 = 0.00625 the loss is still high after that many
+  steps (measured on the demo backbone: see README "Demo backbone"); 1.0 × 16/256 = 0.0625 trains in time and is
   stable with 2 warmup epochs. AdamW defaults to base_lr 0.016 (peak 1e-3 at batch 16, the usual adapter rate).
 - **warmup 2 epochs** (papers: 10 of 70+): the same share of a short run.
 - **eval**: the final model (no best-epoch picking) on the validation split, views averaged per video.
@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.clips import ClipTensors, load_clip_tensors
+from training.clips import ClipTensors, EpochBatches, eval_batches, load_clip_tensors
 from training.evaluate import EvalResult, autocast, evaluate
 from training.progress import ProgressEvent, TrainDisplay
 from training.schedule import WarmupCosine, scaled_lr
@@ -195,44 +195,6 @@ def build_optimizer(named: Mapping[str, torch.nn.Parameter], config: TrainConfig
     return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
 
 
-class _TrainBatches:
-    """Training batches of one epoch, from a VideoDataset (decoded on the fly) or ClipTensors (in memory).
-
-    Both paths shuffle with ``default_rng([seed, epoch])`` and drop the last partial batch, so the sample order does
-    not depend on the batch size: that is what makes accumulate=2 at batch 2 equal batch 4.
-    """
-
-    def __init__(self, data: Data, config: TrainConfig, spec: Any) -> None:
-        self.data, self.config = data, config
-        if isinstance(data, VideoDataset):
-            from vpetl.data.loader import make_loader
-
-            self.loader = make_loader(data, spec, config.batch_size, train=True, num_workers=config.num_workers,
-                                      seed=config.seed)
-
-    def __len__(self) -> int:
-        if isinstance(self.data, ClipTensors):
-            return self.data.num_batches(self.config.batch_size, drop_last=True)
-        return len(self.loader)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        if isinstance(self.data, ClipTensors):
-            return self.data.batches(self.config.batch_size, epoch=epoch, seed=self.config.seed, drop_last=True)
-        self.loader.set_epoch(epoch)
-        return iter(self.loader)
-
-
-def _eval_batches(
-    data: Data, spec: Any, config: TrainConfig, views: tuple[int, int]
-) -> Iterable[tuple[Tensor, Tensor]]:
-    if isinstance(data, ClipTensors):
-        return data.batches(config.batch_size, shuffle=False)
-    from vpetl.data.loader import make_loader
-
-    return make_loader(data, spec, config.batch_size, train=False, num_workers=config.num_workers,
-                       views=None if views == (1, 1) else views)
-
-
 # -------------------------------------------------------------------------------------------------- the loop
 def fit(
     model: torch.nn.Module,
@@ -259,7 +221,7 @@ def fit(
     if isinstance(train, VideoDataset) and config.train_views > 0:
         train = load_clip_tensors(train, spec, train=True, views=config.train_views, seed=config.seed,
                                   cache_dir=config.cache_dir, num_workers=config.num_workers)
-    batches = _TrainBatches(train, config, spec)
+    batches = EpochBatches(train, spec, config.batch_size, seed=config.seed, num_workers=config.num_workers)
     micro_per_epoch = len(batches)
     steps_per_epoch = math.ceil(micro_per_epoch / config.accumulate)
     total_steps = steps_per_epoch * config.epochs
@@ -287,7 +249,7 @@ def fit(
         with display:
             for epoch in range(config.epochs):
                 model.train()
-                loss_sum, loss_n = 0.0, 0
+                loss_sum, loss_n, step_loss = 0.0, 0, 0.0
                 for i, (x, y) in enumerate(batches.epoch(epoch)):
                     # micro-batches of this optimiser step: accumulate, fewer at the end of an epoch
                     group = min(config.accumulate, micro_per_epoch - (i // config.accumulate) * config.accumulate)
@@ -300,6 +262,7 @@ def fit(
                                                  "lower the learning rate")
                     scaler.scale(loss / group).backward()
                     loss_sum, loss_n = loss_sum + loss.item() * len(y), loss_n + len(y)
+                    step_loss += loss.item() / group  # the loss over the effective batch, for the step record
                     clips_seen += len(y)
                     if (i + 1) % config.accumulate and i + 1 < micro_per_epoch:
                         continue
@@ -313,15 +276,17 @@ def fit(
                     step += 1
                     elapsed = time.perf_counter() - started
                     emit(ProgressEvent(kind="step", epoch=epoch + 1, epochs=config.epochs, step=step,
-                                       total_steps=total_steps, loss=loss.item(), lr=lr,
+                                       total_steps=total_steps, loss=step_loss, lr=lr,
                                        clips_per_s=clips_seen / max(elapsed, 1e-9), elapsed_s=elapsed,
                                        eta_s=elapsed / step * (total_steps - step)))
+                    step_loss = 0.0
                 train_loss = loss_sum / max(loss_n, 1)
                 last = epoch + 1 == config.epochs
                 result = None
                 if val is not None and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
                     views = config.eval_views if last else (1, 1)  # multi-view only for the reported figure
-                    result = evaluate(model, _eval_batches(val, spec, config, views), device=device, amp=amp,
+                    result = evaluate(model, eval_batches(val, spec, config.batch_size, views, config.num_workers),
+                                      device=device, amp=amp,
                                       sample_dims=val.sample_dims if isinstance(val, ClipTensors) else 4)
                 elapsed = time.perf_counter() - started
                 record = ProgressEvent(

@@ -100,8 +100,13 @@ def train(
 
     _threads()
     try:
-        views = tuple(int(v) for v in eval_views.lower().split("x"))
-        if len(views) != 2 or min(views) < 1:
+        from vpetl.protocol import is_valid_task_name
+
+        if not is_valid_task_name(task):
+            raise InvalidRequest(f"task name {task!r} must match ^[a-z0-9][a-z0-9_.-]{{0,63}}$")
+        parts = eval_views.lower().split("x")
+        views = tuple(int(v) for v in parts if v.isdigit())
+        if len(parts) != 2 or len(views) != 2 or min(views) < 1:
             raise InvalidRequest(f"--eval-views takes CLIPSxCROPS such as 4x3, got {eval_views!r}")
         opts = method_options(method, bottleneck, scale, positions, option, no_head)
         from vpetl.petl.registry import make_config
@@ -144,6 +149,9 @@ def pretrain(
     data: str | None = typer.Option(None, "--data", "-d", help="source-domain dataset (default: synthesize the "
                                     "`source` preset under the cache directory)"),
     seed: int = typer.Option(0, "--seed"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="default: the 4-minute recipe's"),
+    clips_per_class: int | None = typer.Option(None, "--clips-per-class", min=2, help="synthetic source clips"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
 ) -> None:
@@ -156,7 +164,9 @@ def pretrain(
     _threads()
     cache = data_dir / "backbones"
     try:
-        result = pretrain_demo(PretrainConfig(seed=seed), cache, data=data, progress=not as_json)
+        changes = {k: v for k, v in (("epochs", epochs), ("clips_per_class", clips_per_class)) if v is not None}
+        config = PretrainConfig(seed=seed, device=device, **changes)  # type: ignore[arg-type]
+        result = pretrain_demo(config, cache, data=data, progress=not as_json)
     except VpetlError as e:
         fail(e)
     target = Path(out)

@@ -47,7 +47,7 @@ def _demo_adapter(backbone: Any, store: Any, task: str, preset: str, data_dir: P
         data_dir / "demo-data" / preset,
         clips_per_class=DEMO_CLIPS_PER_CLASS,
         seed=1,
-        size=backbone.input_spec.resize_short,
+        size=80,  # even, above the demo spec's 73-px short side (it crops 64²)
     )
     train, val = open_dataset(root, "train"), open_dataset(root, "val")
     config = TrainConfig(

@@ -99,6 +99,8 @@ def test_gradient_accumulation_matches_the_bigger_batch(backbone) -> None:  # no
         results.append(result)
     a, b = (r.model.trainable_state_dict() for r in results)
     assert results[0].metrics["steps"] == results[1].metrics["steps"] == 4
+    for h0, h1 in zip(results[0].history, results[1].history, strict=True):
+        assert h0["loss"] == pytest.approx(h1["loss"], rel=1e-5)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
     assert not torch.equal(a["head.weight"], results[0].model.head.weight.new_zeros(a["head.weight"].shape))
