@@ -136,9 +136,11 @@ def up(
             f"\n[bold green]ready[/] in {time.perf_counter() - started:.0f} s — {base} (API docs: {base}/docs)"
         )
         if sample is not None:
-            console.print(f"sample clip: {sample}")
+            console.print(f"sample clip: {sample}", soft_wrap=True)
             console.print(f'  curl -F clip=@{sample} "{base}/predict?task=synthetic-appearance"')
-            console.print(f"  vpetl-edge --server {base} predict {sample} --task synthetic-temporal")
+            console.print(
+                f"  .venv/bin/vpetl-edge predict {sample} --task synthetic-appearance --server {base}", soft_wrap=True
+            )
         console.print("Ctrl-C to stop.\n")
         uvicorn.run(build_app(services), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     except VpetlError as e:
