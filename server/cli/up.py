@@ -137,7 +137,7 @@ def up(
         )
         if sample is not None:
             console.print(f"sample clip: {sample}", soft_wrap=True)
-            console.print(f'  curl -F clip=@{sample} "{base}/predict?task=synthetic-appearance"')
+            console.print(f'  curl -F clip=@{sample} "{base}/predict?task=synthetic-appearance"', soft_wrap=True)
             console.print(
                 f"  .venv/bin/vpetl-edge predict {sample} --task synthetic-appearance --server {base}", soft_wrap=True
             )
