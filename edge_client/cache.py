@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.sdk import Client, Progress
-from vpetl.artifact import AdapterFile, read_adapter, read_adapter_meta
+from vpetl.artifact import AdapterFile, atomic_write, read_adapter, read_adapter_meta
 from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
 from vpetl.protocol import is_valid_task_name
 
@@ -52,21 +51,6 @@ def default_cache_dir() -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory + fsync + rename: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_task(task: str) -> str:

@@ -148,7 +148,7 @@ def _serialize(tensors: Mapping[str, np.ndarray], metadata: dict[str, str], code
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory + os.replace: readers see the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -208,7 +208,7 @@ def write_adapter(
     _check_head(meta, {k: v.shape for k, v in arrays.items()})
     data = _serialize(arrays, {"format": FORMAT_NAME, "vpetl_config": meta.to_json()}, code, np_dtype)
     if path is not None:
-        _atomic_write(Path(path), data)
+        atomic_write(Path(path), data)
     return data
 
 
@@ -501,9 +501,9 @@ def export_peft_dir(adapter: AdapterFile | bytes, out_dir: str | Path) -> Path:
     dtype = adapter.dtype if adapter.dtype in _WRITE_DTYPES else "float32"
     code, np_dtype = _WRITE_DTYPES[dtype]
     weights = _serialize({PEFT_PREFIX + k: v for k, v in adapter.tensors.items()}, {"format": "pt"}, code, np_dtype)
-    _atomic_write(out / PEFT_WEIGHTS_NAME, weights)
+    atomic_write(out / PEFT_WEIGHTS_NAME, weights)
     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write(out / PEFT_CONFIG_NAME, text.encode("utf-8"))
+    atomic_write(out / PEFT_CONFIG_NAME, text.encode("utf-8"))
     return out
 
 

@@ -16,7 +16,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -24,6 +23,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from vpetl.artifact import atomic_write
 from vpetl.errors import InvalidRequest, TooLarge
 from vpetl.store import keys as k
 from vpetl.store._scripts import ADD_CLIP, DELETE_CLIPS
@@ -201,15 +201,5 @@ def _write_atomic(path: Path, data: bytes) -> bool:
     same name, same bytes)."""
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=CLIP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return True
