@@ -14,10 +14,11 @@ import contextlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -164,3 +165,16 @@ def _descendants(pid: int) -> list:  # list[psutil.Process]; psutil comes with R
         return psutil.Process(pid).children(recursive=True)
     except Exception:
         return []
+
+
+def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median time per arm, arms interleaved A, B, C, A, B, C … so machine noise hits them alike."""
+    for fn in arms.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(repeats):
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), (max(v) - min(v)) / statistics.median(v)) for k, v in times.items()}

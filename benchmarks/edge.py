@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "edge_client"))  # the in-process contract server lives with the tests
 
+from _harness import alternate as _alternate  # noqa: E402
+
 from edge_client.cache import EdgeCache  # noqa: E402
 from edge_client.runner import Runner  # noqa: E402
 from edge_client.sdk import Client  # noqa: E402
@@ -53,17 +55,8 @@ BAPAT = {"bottleneck": 128}  # PATT d=128, AdaptMLP r=64 (the defaults), k/v slo
 
 
 def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Median and spread (max−min)/median per arm, arms interleaved so machine noise hits them alike."""
-    for fn in arms.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(repeats):
-        for name, fn in arms.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: {"median_ms": statistics.median(v) * 1e3,
-                "spread": (max(v) - min(v)) / statistics.median(v)} for k, v in times.items()}
+    """The harness's alternating timer, as milliseconds."""
+    return {k: {"median_ms": med * 1e3, "spread": spread} for k, (med, spread) in _alternate(arms, repeats).items()}
 
 
 def _model(backbone: Any, num_classes: int = 10, seed: int = 0) -> Any:

@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _harness import alternate  # noqa: E402
+
 from vpetl.backbones import create_backbone  # noqa: E402
 from vpetl.petl import create_model  # noqa: E402
 from vpetl.petl.bank import AdapterBank  # noqa: E402
@@ -40,19 +42,6 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return med, (max(times) - min(times)) / med
-
-
-def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median time per arm, arms interleaved A, B, C, A, B, C … so machine noise hits them alike."""
-    for fn in arms.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(repeats):
-        for name, fn in arms.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), (max(v) - min(v)) / statistics.median(v)) for k, v in times.items()}
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
