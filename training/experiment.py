@@ -61,7 +61,7 @@ class Preset:
 
     name: str
     tasks: tuple[str, ...] = ("temporal", "appearance")
-    clips_per_class: int = 40  # 20% of them validate
+    clips_per_class: int = 80  # 20% of them validate (16 per class: 160–200 validation clips per task)
     data_size: int = 80  # rendered frame side (the demo spec crops 64)
     frames: tuple[int, int] = (16, 24)  # short clips: the 8×2-frame window sees most of each motion
     epochs: int = 12

@@ -139,8 +139,9 @@ def _vit_tiny(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
 
 
 @register_backbone(
-    "vpetl-demo", "small video ViT (embed 192, depth 4, 8×64² clips) pretrained by `vpetl pretrain` on synthetic video"
+    "vpetl-demo",
+    "small video ViT (embed 128, depth 4, max pooling, 8×64² clips) pretrained by `vpetl pretrain` on synthetic video",
 )
 def _vpetl_demo(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
-    base = {"embed_dim": 192, "depth": 4, "num_heads": 3}
+    base = {"embed_dim": 128, "depth": 4, "num_heads": 2, "pool": "max"}
     return VideoViT(_config(VideoViTConfig, base, overrides), spec or DEMO_SPEC)

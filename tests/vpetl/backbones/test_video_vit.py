@@ -227,3 +227,17 @@ def test_bad_clip_is_invalid_input(tiny: Any, shape: tuple[int, ...], dtype: tor
 def test_non_tensor_is_invalid_input(tiny: Any) -> None:
     with pytest.raises(InvalidInput, match="expected a torch.Tensor"):
         tiny.forward_tokens([[0.0]])  # type: ignore[arg-type]
+
+
+def test_max_pooling_takes_the_channel_maximum_over_tokens() -> None:
+    from vpetl.backbones.registry import create_backbone
+
+    model = create_backbone("vpetl-demo", embed_dim=32, depth=1, num_heads=2).eval()
+    assert model.config.pool == "max"
+    clip = torch.randn(2, 3, 8, 64, 64)
+    with torch.no_grad():
+        tokens = model.forward_tokens(clip)  # (2, 64, 32)
+        assert torch.allclose(model(clip), model.fc_norm(tokens.amax(dim=1)), atol=1e-6)
+        assert not torch.allclose(model(clip), model.fc_norm(tokens.mean(dim=1)), atol=1e-3)
+    with pytest.raises(ValueError, match="pool"):
+        create_backbone("vpetl-demo", embed_dim=32, depth=1, num_heads=2, pool="sum")

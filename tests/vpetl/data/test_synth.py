@@ -17,7 +17,7 @@ from vpetl.errors import DatasetError
 
 def test_presets_describe_their_classes() -> None:
     sizes = {name: len(p.classes) for name, p in synth.PRESETS.items()}
-    assert sizes == {"source": 16, "temporal": 10, "appearance": 8}
+    assert sizes == {"source": 7, "temporal": 10, "appearance": 8}
     for preset in synth.PRESETS.values():
         assert len(set(preset.classes)) == len(preset.classes) == len(preset.class_descriptions)
 

@@ -1,0 +1,92 @@
+"""Synthetic clips rendered straight into model-input tensors, for pretraining the demo backbone.
+
+``vpetl data synth`` writes mp4 files, and training decodes them; for the demo backbone's pretraining that round
+trip would cost more than the training itself (encoding and decoding ~20,000 clips takes about five minutes on 2
+cores, rendering them about half a minute). So pretraining renders the ``source`` preset in memory with the same
+generator (:func:`vpetl.data.synth.render_clip`) and the same sampling and transforms as
+:func:`vpetl.video.load_clip` (training: random clip position + multi-scale crop; validation: centred clip and
+crop), and skips only the lossy codec.
+
+Clip ``(class c, index i)`` is the clip ``vpetl data synth`` would write for the same seed, size and frame range;
+its augmentation draws from ``default_rng([seed, 7, c, i])``. Results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from training.clips import ClipTensors
+from vpetl.data.synth import PRESETS, render_clip
+from vpetl.protocol import InputSpec
+from vpetl.video import preprocess, sample_indices
+
+_AUGMENT_STREAM = 7  # keeps the augmentation generator apart from the renderer's
+
+
+def _render_input(job: tuple[str, int, int, int, int, tuple[int, int], InputSpec, bool]) -> np.ndarray:
+    """Worker: one clip as a model input (C, T, size, size) float16."""
+    preset, label, index, seed, size, frames, spec, train = job
+    video = render_clip(preset, label, index, seed=seed, size=size, frames=frames)  # (T, size, size, 3) uint8
+    rng = np.random.default_rng([seed, _AUGMENT_STREAM, label, index]) if train else None
+    indices = sample_indices(len(video), spec.num_frames, sampling=spec.sampling, sampling_rate=spec.sampling_rate,
+                             train=train, rng=rng)
+    return preprocess(video[indices], spec, train=train, rng=rng).astype(np.float16)
+
+
+def render_clip_tensors(
+    preset: str,
+    clips_per_class: int,
+    spec: InputSpec,
+    *,
+    seed: int = 0,
+    size: int = 80,
+    frames: tuple[int, int] = (16, 20),
+    val_fraction: float = 0.05,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ClipTensors, ClipTensors]:
+    """Render ``clips_per_class`` clips of every class of ``preset`` into (train, val) tensors.
+
+    The last ``round(clips_per_class × val_fraction)`` indices of each class validate (at least one). Training
+    clips carry one augmented draw each (fresh clips teach more than repeated crops of fewer clips).
+    ``workers`` processes render in parallel (default: up to 2); ``progress(done, total)`` after every clip.
+    """
+    classes = PRESETS[preset].classes
+    n_val = min(max(int(round(clips_per_class * val_fraction)), 1), clips_per_class - 1)
+    n_train = clips_per_class - n_val
+    # training clips first, so both splits are views of one tensor (no copy of several GB)
+    jobs = [(preset, label, i, seed, size, tuple(frames), spec, True)
+            for label in range(len(classes)) for i in range(n_train)]
+    jobs += [(preset, label, i, seed, size, tuple(frames), spec, False)
+             for label in range(len(classes)) for i in range(n_train, clips_per_class)]
+    split = n_train * len(classes)
+    labels = torch.tensor([job[1] for job in jobs], dtype=torch.int64)
+    clips = torch.empty((len(jobs), 3, spec.num_frames, spec.size, spec.size), dtype=torch.float16)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1:
+        results = map(_render_input, jobs)
+        pool = None
+    else:
+        # fork: children run numpy only and start in milliseconds; imap keeps the job order
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        pool = ctx.Pool(workers)
+        results = pool.imap(_render_input, jobs, chunksize=16)
+    try:
+        for j, clip in enumerate(results):
+            clips[j] = torch.from_numpy(clip)
+            if progress:
+                progress(j + 1, len(jobs))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    names = list(classes)
+    clips = clips.unsqueeze(1)  # (N, 1, C, T, H, W): one draw (train) or one view (val) per clip
+    train = ClipTensors(clips[:split], labels[:split], names, True, spec)
+    val = ClipTensors(clips[split:], labels[split:], names, False, spec)
+    return train, val
