@@ -146,11 +146,12 @@ def train(
 @app.command()
 def pretrain(
     out: str = typer.Option(..., "--out", "-o", help="backbone file to write (.safetensors)"),
-    data: str | None = typer.Option(None, "--data", "-d", help="source-domain dataset (default: synthesize the "
-                                    "`source` preset under the cache directory)"),
+    data: str | None = typer.Option(None, "--data", "-d", help="source-domain dataset directory (default: "
+                                    "render the synthetic `source` preset in memory)"),
     seed: int = typer.Option(0, "--seed"),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="default: the 4-minute recipe's"),
-    clips_per_class: int | None = typer.Option(None, "--clips-per-class", min=2, help="synthetic source clips"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="default: the ~3-minute recipe's (2)"),
+    clips_per_class: int | None = typer.Option(None, "--clips-per-class", min=2, help="synthetic source clips per class "
+                                                  "(default 2300)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
