@@ -6,7 +6,7 @@ Run: ``python benchmarks/edge.py [--full] [--json] [--server URL] [--repeats N]`
 1. **Latency**: the same model (backbone + BAPAT d=128 adapter + head, batch 1) in onnxruntime (the edge runner,
    2 intra-op threads) and in torch eager (2 threads), arms alternated, median of ``--repeats`` after a warm-up;
    the ratio ORT ÷ torch is what to quote on these shared CPUs (DESIGN.md "Benchmark conventions"). Default:
-   ``vpetl-demo`` at its own spec (8×112²); ``--full`` adds ``videomae-b`` at a reduced 4×112² clip (random init is
+   ``vpetl-demo`` at its own spec (8×64²); ``--full`` adds ``videomae-b`` at a reduced 4×112² clip (random init is
    fine for timing).
 2. **Task switch**: bytes a device downloads to switch task (one adapter file, fp32 and fp16, measured through the
    SDK from a server) ÷ the backbone graph's size (downloaded once), for BAPAT d=128 on ``vpetl-demo`` and — with
