@@ -50,7 +50,8 @@ from vpetl.data.render import (
 )
 from vpetl.errors import DatasetError
 
-SYNTH_VERSION = 2
+SYNTH_VERSION = 2  # bump on any change to what a (preset, seed, index) renders: dataset manifests and the demo
+# backbone's pretraining cache key (training/pretrain.py) include it, so stale caches are rebuilt
 FPS = 15
 DEFAULT_FRAMES = (24, 48)
 
