@@ -75,6 +75,13 @@ class CachedAdapter:
     size: int
     method: str | None = None
     updated_at: str = field(default_factory=_now)
+    dtype: str | None = None  # the dtype asked of the server (None: as stored there)
+    source_sha256: str | None = None  # the server's artifact sha256 (differs from ``sha256`` after a conversion)
+
+    @property
+    def server_sha256(self) -> str:
+        """The sha256 the server lists for this adapter."""
+        return self.source_sha256 or self.sha256
 
 
 @dataclass
@@ -192,7 +199,8 @@ class EdgeCache:
         return read_adapter(self.read_adapter_bytes(task))
 
     def put_adapter(
-        self, task: str, data: bytes, *, version: int | None = None, etag: str | None = None
+        self, task: str, data: bytes, *, version: int | None = None, etag: str | None = None,
+        dtype: str | None = None, source_sha256: str | None = None,
     ) -> CachedAdapter:
         """Store adapter bytes as the task's current file (blob first, pointer last; older blobs removed).
 
@@ -207,7 +215,8 @@ class EdgeCache:
         meta = read_adapter_meta(data)  # a header check before anything is written
         folder = self._task_dir(task)
         atomic_write(folder / f"{sha}.safetensors", data)
-        entry = CachedAdapter(task=task, version=version, sha256=sha, size=len(data), method=meta.method)
+        entry = CachedAdapter(task=task, version=version, sha256=sha, size=len(data), method=meta.method,
+                              dtype=dtype, source_sha256=source_sha256 if source_sha256 != sha else None)
         atomic_write(folder / "current.json", json.dumps(asdict(entry), indent=2).encode())
         for old in folder.glob("*.safetensors"):
             if old.name != f"{sha}.safetensors":
@@ -223,19 +232,21 @@ class EdgeCache:
 
     def pull_adapter(self, client: Client, task: str, version: int | None = None, *,
                      progress: Progress | None = None, listed_version: int | None = None,
-                     listed_sha256: str | None = None) -> tuple[CachedAdapter, bool]:
+                     listed_sha256: str | None = None, dtype: str | None = None) -> tuple[CachedAdapter, bool]:
         """Fetch the task's adapter (current, or ``version``) unless the cached one is still it (304).
 
+        ``dtype="float16"`` downloads half-precision tensors (half the bytes; the runner computes in fp32 anyway).
         Returns (pointer, downloaded). The version comes from the response header when the server sends one,
         else from the listing when the hashes agree, else from the task's version history.
         """
         cached = self.adapter(task)
-        blob = client.download_adapter(task, version=version, etag=cached.sha256 if cached else None,
-                                       progress=progress)
+        current = cached is not None and cached.dtype == dtype  # a copy in another dtype is not "current"
+        blob = client.download_adapter(task, version=version, etag=cached.sha256 if current and cached else None,
+                                       progress=progress, dtype=dtype)
         if blob is None:
             assert cached is not None
             return cached, False
-        sha = hashlib.sha256(blob).hexdigest()
+        sha = blob.source_sha256 or hashlib.sha256(blob).hexdigest()
         found = blob.version or version
         if found is None and listed_sha256 == sha:
             found = listed_version
@@ -244,12 +255,13 @@ class EdgeCache:
                 found = next((v.version for v in client.adapter(task).versions if v.sha256 == sha), None)
             except VpetlError:
                 found = None
-        return self.put_adapter(task, bytes(blob), version=found, etag=blob.etag), True
+        return self.put_adapter(task, bytes(blob), version=found, etag=blob.etag, dtype=dtype,
+                                source_sha256=blob.source_sha256), True
 
     # ---------------------------------------------------------------------------------------------- sync
     def sync(self, client: Client, *, backbone: bool = True, family: str | None = None,
              tasks: Iterable[str] | None = None, progress: Progress | None = None,
-             prune: bool = True) -> SyncReport:
+             prune: bool = True, dtype: str | None = None) -> SyncReport:
         """Pull every task's current adapter that changed, and the backbone graph if it is missing.
 
         Args:
@@ -259,6 +271,7 @@ class EdgeCache:
             tasks: only these tasks (default: every task the server lists).
             progress: byte progress of each download.
             prune: remove cached tasks the server no longer has.
+            dtype: fetch adapters as this float type (``"float16"``: half the bytes); None: as stored.
         """
         start = time.perf_counter()
         before = (client.stats.adapter_bytes, client.stats.onnx_bytes, client.stats.requests)
@@ -271,12 +284,13 @@ class EdgeCache:
                 report.adapters[task] = "failed: unknown task on the server"
                 continue
             cached = self.adapter(task)
-            if cached is not None and cached.sha256 == info.sha256 and self.adapter_path(task).is_file():
+            if (cached is not None and cached.server_sha256 == info.sha256 and cached.dtype == dtype
+                    and self.adapter_path(task).is_file()):
                 report.adapters[task] = "unchanged"  # not even a conditional GET: the listing says it is current
                 continue
             try:
                 _, changed = self.pull_adapter(client, task, progress=progress, listed_version=info.version,
-                                               listed_sha256=info.sha256)
+                                               listed_sha256=info.sha256, dtype=dtype)
             except VpetlError as e:
                 report.adapters[task] = f"failed: [{e.code}] {e.message}"
                 continue

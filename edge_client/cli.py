@@ -61,6 +61,11 @@ CacheOpt = Annotated[
                  show_default=False),
 ]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="task name")]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option("--dtype", envvar="VPETL_EDGE_DTYPE", show_default=False,
+                 help="download adapters as float16 (half the bytes of fp32) or float32 (default: as stored)"),
+]
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -153,7 +158,8 @@ def _local_predictions(c: Client, cache_dir: Path | None, task: str, version: in
     cache = EdgeCache(cache_dir)
     try:
         with transfer_bar(show, f"adapter {task}") as progress:
-            entry, _ = cache.pull_adapter(c, task, version, progress=progress)
+            kept = cache.adapter(task)  # keep the dtype a `sync --dtype` chose: a re-download is not "current"
+            entry, _ = cache.pull_adapter(c, task, version, progress=progress, dtype=kept.dtype if kept else None)
     except ConnectionFailed:
         entry = cache.adapter(task)
         if entry is None or (version is not None and entry.version != version):
@@ -238,6 +244,7 @@ def adapters_ls(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_j
 def adapters_pull(
     task: Annotated[str, typer.Argument(help="task name")],
     version: Annotated[int | None, typer.Option(help="a specific version (default: current)")] = None,
+    dtype: DtypeOpt = None,
     cache: CacheOpt = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
@@ -248,10 +255,10 @@ def adapters_pull(
 
     store = EdgeCache(cache)
     with handled(), client(server, token) as c, transfer_bar(not as_json, f"adapter {task}") as progress:
-        entry, changed = store.pull_adapter(c, task, version, progress=progress)
+        entry, changed = store.pull_adapter(c, task, version, progress=progress, dtype=dtype)
         path = store.adapter_path(task)
     payload = {"task": task, "version": entry.version, "sha256": entry.sha256, "size": entry.size,
-               "downloaded": changed, "path": str(path)}
+               "dtype": entry.dtype or "as stored", "downloaded": changed, "path": str(path)}
     if as_json:
         emit(payload)
     else:
@@ -447,6 +454,7 @@ def jobs(
 def sync(
     backbone: Annotated[bool, typer.Option(help="also fetch the backbone graph if it is missing")] = True,
     family: Annotated[str | None, typer.Option(help="ONNX graph family (default: the server's)")] = None,
+    dtype: DtypeOpt = None,
     cache: CacheOpt = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
@@ -457,7 +465,7 @@ def sync(
 
     store = EdgeCache(cache)
     with handled(), client(server, token) as c, transfer_bar(not as_json, "sync") as progress:
-        report = store.sync(c, backbone=backbone, family=family, progress=progress)
+        report = store.sync(c, backbone=backbone, family=family, progress=progress, dtype=dtype)
     if as_json:
         emit({"cache": str(store.root), **report.to_dict()})
         return

@@ -76,14 +76,17 @@ class TransferStats:
 
 
 class Blob(bytes):
-    """Downloaded bytes with the response's ``etag`` (quotes stripped) and ``version`` header if any."""
+    """Downloaded bytes with the response's ``etag`` (quotes stripped) and ``version`` header if any, and
+    ``source_sha256``: the stored artifact's sha256 (differs from the ETag when the server converted the dtype)."""
 
     etag: str | None
     version: int | None
+    source_sha256: str | None
 
-    def __new__(cls, data: bytes, etag: str | None = None, version: int | None = None) -> Blob:
+    def __new__(cls, data: bytes, etag: str | None = None, version: int | None = None,
+                source_sha256: str | None = None) -> Blob:
         obj = super().__new__(cls, data)
-        obj.etag, obj.version = etag, version
+        obj.etag, obj.version, obj.source_sha256 = etag, version, source_sha256
         return obj
 
 
@@ -350,19 +353,24 @@ class Client:
         return self._get(f"/adapters/{self._task(task)}", AdapterDetail)
 
     def download_adapter(self, task: str, version: int | None = None, etag: str | None = None,
-                         progress: Progress | None = None) -> Blob | None:
-        """The artifact bytes (a :class:`Blob` carrying the ETag), or None when ``etag`` is still current (304)."""
+                         progress: Progress | None = None, dtype: str | None = None) -> Blob | None:
+        """The artifact bytes (a :class:`Blob` carrying the ETag), or None when ``etag`` is still current (304).
+
+        ``dtype="float16"`` asks the server for the tensors in half precision (half the bytes of an fp32 adapter;
+        the ETag is then the sha256 of the converted bytes)."""
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
+        params = {"version": version, "dtype": dtype}
         response = self._send(
-            "GET", f"/adapters/{self._task(task)}/download", params={"version": version}, headers=headers,
-            stream=True, ok=(304,),
+            "GET", f"/adapters/{self._task(task)}/download", params={k: v for k, v in params.items() if v is not None},
+            headers=headers, stream=True, ok=(304,),
         )
         if response.status_code == 304:
             response.close()
             return None
         buf = _Buffer()
         self._download(response, "adapter", buf, progress)
-        return Blob(buf.getvalue(), _etag(response), _version_header(response))
+        return Blob(buf.getvalue(), _etag(response), _version_header(response),
+                    response.headers.get("x-adapter-sha256"))
 
     def push_adapter(self, path: str | os.PathLike[str] | bytes, task: str) -> AdapterRef:
         """Upload an artifact as the task's new version (write token needed)."""

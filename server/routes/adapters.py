@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ from server.deps import AdminDep, ServicesDep, TaskPath
 from server.routes.common import binary_body, error_responses
 from server.services import Services
 from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_limited, read_upload
-from vpetl.artifact import read_adapter_meta
+from vpetl.artifact import adapter_sha256, convert_adapter, read_adapter_meta
 from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
 from vpetl.protocol import (
     AdapterDeleted,
@@ -99,7 +99,7 @@ async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
     "/{task}/download",
     response_class=Response,
     response_model=None,
-    summary="The adapter file (ETag = sha256; If-None-Match → 304)",
+    summary="The adapter file (ETag = sha256 of the bytes sent; If-None-Match → 304)",
     responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "the client's copy (If-None-Match) is current"},
@@ -111,21 +111,34 @@ async def download_adapter(
     request: Request,
     services: ServicesDep,
     version: Annotated[int | None, Query(ge=1, description="version to download (default: the current one)")] = None,
+    dtype: Annotated[
+        Literal["float32", "float16"] | None,
+        Query(description="send the tensors as this float type (default: as stored); float16 halves the bytes of "
+                          "an fp32 adapter, and an adapter with values beyond float16's range is refused (422)"),
+    ] = None,
 ) -> Response:
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None:
+    if if_none_match is not None and dtype is None:
         record = await services.store.get_record(task, version)  # cheap: no blob
         if _etag_matches(if_none_match, record.sha256):
             return Response(status_code=304, headers={"ETag": _etag(record.sha256), "Cache-Control": "no-cache"})
     record, data = await services.store.get_bytes(task, version)
+    sha = record.sha256
+    if dtype is not None:
+        # converted per request (numpy, milliseconds even for ViT-B adapters), deterministic, so the ETag is stable
+        data = await asyncio.to_thread(convert_adapter, data, dtype)
+        sha = adapter_sha256(data)
+        if if_none_match is not None and _etag_matches(if_none_match, sha):
+            return Response(status_code=304, headers={"ETag": _etag(sha), "Cache-Control": "no-cache"})
     return Response(
         content=data,
         media_type="application/octet-stream",
         headers={
-            "ETag": _etag(record.sha256),
+            "ETag": _etag(sha),
             "Cache-Control": "no-cache",  # a client may keep it, but must revalidate (the pointer moves)
             "Content-Disposition": f'attachment; filename="{task}-v{record.version}.safetensors"',
             "X-Adapter-Version": str(record.version),
+            "X-Adapter-Sha256": record.sha256,  # the stored artifact's identity (what listings show)
         },
     )
 

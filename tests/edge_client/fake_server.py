@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from vpetl.artifact import read_adapter_meta
+from vpetl.artifact import convert_adapter, read_adapter_meta
 
 
 def _now() -> str:
@@ -174,8 +174,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "unknown_version", f"task {task!r} has no version {version}")
             return
         data = s.adapters[task][version - 1]
+        stored = hashlib.sha256(data).hexdigest()
+        if "dtype" in query:  # the server's ?dtype= conversion (same function, numpy only)
+            if query["dtype"] not in ("float32", "float16"):
+                self._error(422, "invalid_request", f"dtype must be float32 or float16, got {query['dtype']!r}")
+                return
+            data = convert_adapter(data, query["dtype"])  # type: ignore[arg-type]
         sha = hashlib.sha256(data).hexdigest()
-        headers = {"ETag": f'"{sha}"', "X-Adapter-Version": str(version)}
+        headers = {"ETag": f'"{sha}"', "X-Adapter-Version": str(version), "X-Adapter-Sha256": stored}
         if self._etag_hit(sha):
             self._send(304, headers=headers)
             return

@@ -114,3 +114,30 @@ def test_default_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("VPETL_EDGE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "vpetl-edge"
+
+
+def test_sync_in_float16_halves_the_bytes_and_stays_current(fake: FakeServer, adapters: dict[str, bytes],
+                                                            tmp_path: Path) -> None:
+    from vpetl.artifact import read_adapter
+
+    fake.state.publish("hmdb", adapters["hmdb"])
+    cache = EdgeCache(tmp_path / "cache")
+    with Client(fake.url) as client:
+        first = cache.sync(client, backbone=False, dtype="float16")
+        assert first.adapters == {"hmdb": "updated"}
+        assert first.adapter_bytes < 0.6 * len(adapters["hmdb"])  # fp16 tensors + the same header
+        entry = cache.adapter("hmdb")
+        assert entry is not None and entry.dtype == "float16" and entry.version == 1
+        assert entry.server_sha256 == hashlib.sha256(adapters["hmdb"]).hexdigest() != entry.sha256
+        half, full = read_adapter(cache.read_adapter_bytes("hmdb")), read_adapter(adapters["hmdb"])
+        assert half.dtype == "float16" and half.meta == full.meta
+        for name, tensor in full.tensors.items():
+            assert abs(half.tensors[name] - tensor).max() <= 1e-3 * max(1.0, abs(tensor).max())
+
+        again = cache.sync(client, backbone=False, dtype="float16")  # the listing says fp16 copy is current
+        assert again.adapters == {"hmdb": "unchanged"} and again.adapter_bytes == 0 and again.requests == 1
+        _, moved = cache.pull_adapter(client, "hmdb", dtype="float16")  # conditional GET on the fp16 ETag
+        assert not moved
+        full_sync = cache.sync(client, backbone=False)  # asking for the stored dtype replaces the fp16 copy
+        assert full_sync.adapters == {"hmdb": "updated"} and full_sync.adapter_bytes == len(adapters["hmdb"])
+    assert cache.read_adapter_bytes("hmdb") == adapters["hmdb"]

@@ -112,3 +112,26 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error [connection_error]: cannot reach the vpetl server")
+
+
+def test_sync_in_float16_then_predict_locally_without_a_second_download(
+        fake: FakeServer, tmp_path: Path, tiny_graphs: dict[str, Path], mp4_clip: Path) -> None:
+    data = make_adapter("bapat", {"bottleneck": 8}, task="demo")[1]
+    fake.state.publish("demo", data)
+    fake.state.onnx["default"] = tiny_graphs["bapat"].read_bytes()
+    half, full = str(tmp_path / "half"), str(tmp_path / "full")
+    code, out, _ = run(fake, "sync", "--dtype", "float16", "--cache", half, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["adapters"] == {"demo": "updated"} and report["adapter_bytes"] < 0.6 * len(data)
+    sent = fake.state.sent["adapter"]
+    code, out, _ = run(fake, "predict", str(mp4_clip), "--task", "demo", "--local", "--json", "--cache", half)
+    assert code == 0, out
+    assert fake.state.sent["adapter"] == sent  # the fp16 copy is current: a 304, not a float32 re-download
+    (from_half,) = json.loads(out)
+    code, out, _ = run(fake, "predict", str(mp4_clip), "--task", "demo", "--local", "--json", "--cache", full)
+    (from_full,) = json.loads(out)
+    assert from_half["local"] and from_full["local"]
+    for a, b in zip(from_half["predictions"], from_full["predictions"], strict=True):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-2
+    code, out, err = run(fake, "adapters", "pull", "demo", "--dtype", "int8", "--cache", half)
+    assert code == 1 and err.startswith("error [invalid_request]:"), err

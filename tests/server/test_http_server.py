@@ -203,6 +203,25 @@ def test_download_etag_and_304(http: httpx.Client, files: dict[str, bytes]) -> N
     assert (r.status_code, error_code(r)) == (422, "invalid_request")
 
 
+def test_download_as_float16(http: httpx.Client, files: dict[str, bytes]) -> None:
+    from vpetl.artifact import read_adapter
+
+    assert http.put("/adapters/half", content=files["v1"], headers={**AUTH, **OCTET}).status_code == 201
+    r = http.get("/adapters/half/download", params={"dtype": "float16"})
+    assert r.status_code == 200 and len(r.content) < 0.6 * len(files["v1"])
+    half, full = read_adapter(r.content), read_adapter(files["v1"])
+    assert half.dtype == "float16" and half.meta == full.meta and set(half.tensors) == set(full.tensors)
+    etag = f'"{sha(r.content)}"'
+    assert r.headers["etag"] == etag and r.headers["x-adapter-sha256"] == sha(files["v1"])
+    assert http.get("/adapters/half/download", params={"dtype": "float16"}).content == r.content  # deterministic
+    r = http.get("/adapters/half/download", params={"dtype": "float16"}, headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.headers["etag"] == etag
+    r = http.get("/adapters/half/download", params={"dtype": "float32"})
+    assert r.content == files["v1"]  # already float32: the stored bytes
+    r = http.get("/adapters/half/download", params={"dtype": "int8"})
+    assert (r.status_code, error_code(r)) == (422, "invalid_request")
+
+
 def test_backbone_health_and_metrics(http: httpx.Client, baseline: str, clips: dict[str, bytes]) -> None:
     info = http.get("/backbone").json()
     assert info["name"] == BACKBONE and len(info["sha256"]) == 64

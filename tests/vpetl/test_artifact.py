@@ -146,6 +146,20 @@ def test_float16_option() -> None:
         write_adapter(tensors, make_meta(), dtype="bfloat16")  # type: ignore[arg-type]
 
 
+def test_convert_adapter_changes_only_the_dtype() -> None:
+    from vpetl.artifact import convert_adapter
+
+    data = good_bytes()
+    half = convert_adapter(data, "float16")
+    assert convert_adapter(data, "float16") == half and convert_adapter(data, "float32") == data
+    assert read_adapter(half).dtype == "float16" and read_adapter(half).meta == read_adapter(data).meta
+    assert read_adapter(convert_adapter(half, "float32")).dtype == "float32"
+    assert convert_adapter(half, "float16") == half
+    big = write_adapter({**make_tensors(), "head.bias": np.full(3, 1e6, np.float32)}, make_meta())
+    with pytest.raises(InvalidAdapter, match="overflows float16"):
+        convert_adapter(big, "float16")
+
+
 def test_write_refuses_what_read_would_refuse() -> None:
     with pytest.raises(InvalidAdapter, match="not finite"):
         write_adapter({**make_tensors(), "head.bias": np.array([0, np.nan, 0], np.float32)}, make_meta())
