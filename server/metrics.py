@@ -9,7 +9,7 @@ made-up names cannot create series).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -45,6 +45,29 @@ class _AdapterCacheCollector(Collector):
         yield GaugeMetricFamily("vpetl_adapter_cache_entries", "adapters resident in the cache", value=len(cache))
         yield GaugeMetricFamily("vpetl_adapter_cache_bytes", "bytes of resident adapters", value=cache.resident_bytes)
         yield GaugeMetricFamily("vpetl_adapter_cache_budget_bytes", "cache byte budget", value=cache.budget_bytes)
+
+
+class _ReplicaCollector(Collector):
+    """Per-replica gauges from stats dicts gathered at scrape time."""
+
+    def __init__(self, replicas: list[dict[str, Any]]) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        series = {
+            "queue_depth": ("clips waiting in the replica's micro-batcher", lambda r: r.get("queue_depth", 0)),
+            "batches": ("model batches the replica ran", lambda r: r.get("batches", 0)),
+            "cache_hits": ("adapter cache hits", lambda r: r.get("cache", {}).get("hits", 0)),
+            "cache_misses": ("adapter cache misses", lambda r: r.get("cache", {}).get("misses", 0)),
+            "cache_loads": ("adapters decoded into the cache", lambda r: r.get("cache", {}).get("loads", 0)),
+            "cache_entries": ("adapters resident", lambda r: r.get("cache", {}).get("entries", 0)),
+            "cache_bytes": ("bytes of resident adapters", lambda r: r.get("cache", {}).get("bytes", 0)),
+        }
+        for name, (doc, value) in series.items():
+            family = GaugeMetricFamily(f"vpetl_replica_{name}", doc, labels=["replica", "node"])
+            for r in self.replicas:
+                family.add_metric([str(r.get("replica", "local")), str(r.get("node", ""))], float(value(r)))
+            yield family
 
 
 class Metrics:
@@ -100,6 +123,12 @@ class Metrics:
         self.predictions.labels(task, str(status)).inc()
         self.predict_seconds.labels(task, str(status)).observe(seconds)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
-        return generate_latest(self.registry)
+    def render(self, replicas: list[dict[str, Any]] | None = None) -> bytes:
+        """The Prometheus text exposition of this registry, plus one labelled series per predictor replica
+        (``vpetl_replica_*``, from :meth:`Predictor.stats`) when given: what an ingress knows of its replicas."""
+        text = generate_latest(self.registry)
+        if replicas:
+            registry = CollectorRegistry()
+            registry.register(_ReplicaCollector(replicas))
+            text += generate_latest(registry)
+        return text

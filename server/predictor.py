@@ -12,7 +12,6 @@ The same class runs in the local engine (uvicorn) and in every Ray Serve predict
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 
 from server.batcher import MicroBatcher
-from vpetl.errors import UnknownTask, VpetlError
+from server.decoding import decode_clip
+from server.pointers import PointerCache
+from vpetl.errors import VpetlError
 from vpetl.petl.bank import AdapterBank
 from vpetl.petl.bank_tasks import TaskAdapter
 from vpetl.store import AsyncAdapterStore
@@ -97,90 +98,35 @@ class Predictor:
             max_queue=max_queue,
             on_batch=on_batch,
         )
-        self.pointer_check_s = pointer_check_s
         self.on_load = on_load
-        self.pointers: dict[str, int] = {}
+        self.pointer_cache = PointerCache(store, pointer_check_s, on_change=self._on_pointer_change)
         self._load_locks: dict[Key, asyncio.Lock] = {}
-        self._background: list[asyncio.Task[None]] = []
+        self.replica_id, self.node_id = "local", ""  # set by a Ray Serve replica
+
+    @property
+    def pointers(self) -> dict[str, int]:
+        return self.pointer_cache.pointers
 
     # ------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._background = [
-            loop.create_task(self._watch_events(), name="vpetl-events"),
-            loop.create_task(self._check_pointers(), name="vpetl-pointer-check"),
-        ]
+        await self.pointer_cache.start()
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._background = []
+        await self.pointer_cache.stop()
         await self.batcher.close()
 
     # ------------------------------------------------------------------------------------------- freshness
-    def _apply_pointer(self, task: str, version: int | None) -> None:
-        old = self.pointers.get(task)
-        if version is None:
-            self.pointers.pop(task, None)
-        else:
-            self.pointers[task] = version
+    def _on_pointer_change(self, task: str, old: int | None, version: int | None) -> None:
         if old is not None and old != version:
             # Drop the stale version unless a running batch pins it (it is dropped on a later check then).
             self.bank.evict(task, old)
         for key in [k for k in self.bank.cache.keys() if k[0] == task and k[1] != version]:  # type: ignore[index]
             self.bank.evict(*key)  # type: ignore[misc]
 
-    async def _watch_events(self) -> None:
-        while True:
-            try:
-                async with self.store.subscribe_events() as events:
-                    async for event in events:
-                        task = event.get("task")
-                        if not isinstance(task, str):
-                            continue
-                        if event.get("event") == "delete":
-                            self._apply_pointer(task, None)
-                        elif isinstance(event.get("version"), int) and event.get("event") == "publish":
-                            self._apply_pointer(task, event["version"])
-                        else:  # rollback (or anything else): read the pointer itself
-                            self._apply_pointer(task, await self.store.get_pointer(task))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # Redis restarted: resubscribe after a pause; cached adapters keep serving
-                logger.warning("event subscription lost (%s); retrying", e)
-                await asyncio.sleep(0.5)
-
-    async def _check_pointers(self) -> None:
-        while True:
-            await asyncio.sleep(self.pointer_check_s)
-            tasks = list(self.pointers)
-            if not tasks:
-                continue
-            try:
-                current = await self.store.get_pointers(tasks)
-            except Exception as e:
-                logger.debug("pointer check failed: %s", e)
-                continue
-            for task, version in current.items():
-                if self.pointers.get(task) != version:
-                    self._apply_pointer(task, version)
-
     # -------------------------------------------------------------------------------------------- requests
     async def resolve(self, task: str, version: int | None) -> int:
         """The version a request runs on: the one asked for, else the cached pointer, else Redis."""
-        if version is not None:
-            return version
-        cached = self.pointers.get(task)
-        if cached is not None:
-            return cached
-        current = await self.store.get_pointer(task)
-        if current is None:
-            raise UnknownTask(f"no adapter is published for task {task!r}")
-        self.pointers[task] = current
-        return current
+        return await self.pointer_cache.resolve(task, version)
 
     async def ensure_loaded(self, task: str, version: int) -> TaskAdapter:
         key = (task, version)
@@ -228,6 +174,47 @@ class Predictor:
                 "total": round((time.perf_counter() - started) * 1000, 3),
             },
         )
+
+    async def predict_encoded(
+        self, data: bytes, task: str, version: int | None = None, topk: int = 5
+    ) -> Prediction:
+        """:meth:`predict` for an encoded clip: decoded here, in a worker thread, to the backbone's input spec.
+        What the ingress hands a Ray replica: the clip as uploaded, never a float32 tensor."""
+        started = time.perf_counter()
+        clip = await asyncio.to_thread(decode_clip, data, self.bank.backbone.input_spec)
+        decode_ms = (time.perf_counter() - started) * 1000
+        result = await self.predict(clip, task, version, topk)
+        result.timing_ms["decode"] = round(decode_ms, 3)
+        result.timing_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
+    async def validate_adapter(self, task: str, data: bytes) -> None:
+        """Run the bank's full load checks on an upload (format, finiteness, method, shapes, backbone hash)
+        without caching it."""
+        await asyncio.to_thread(self.bank.decode, task, 0, data)
+
+    async def replica_stats(self) -> list[dict[str, Any]]:
+        """One entry: this process is the only predictor (the Ray ingress answers one per replica)."""
+        return [self.stats()]
+
+    def stats(self) -> dict[str, Any]:
+        """This predictor's state for ``/readyz`` and ``/metrics`` (JSON-safe: it crosses Ray processes)."""
+        cache = self.bank.cache
+        return {
+            "replica": self.replica_id,
+            "node": self.node_id,
+            "backbone_sha256": self.bank.backbone_sha256,
+            "queue_depth": self.batcher.queue_depth,
+            "batches": self.batcher.stats.batches,
+            "clips": self.batcher.stats.items,
+            "rejected": self.batcher.stats.rejected,
+            "cache": {
+                "hits": cache.stats.hits, "misses": cache.stats.misses, "loads": cache.stats.loads,
+                "evictions": cache.stats.evictions, "entries": len(cache), "bytes": cache.resident_bytes,
+                "budget_bytes": cache.budget_bytes,
+            },
+            "tasks": sorted({key[0] for key in cache.keys()}),  # type: ignore[index]
+        }  # fmt: skip
 
     def _run_batch(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
         if self.batch_policy == "per-task":

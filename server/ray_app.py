@@ -1,25 +1,32 @@
-"""The Ray Serve engine: the same FastAPI app as the local engine, as an ingress deployment, in front of predictor
-replicas that each run the mixed-task micro-batcher over their own AdapterBank.
+"""The Ray Serve engine: a model-composition app of HTTP ingress replicas (the same FastAPI app, with no backbone)
+in front of predictor replicas that each own the backbone, an AdapterBank and the mixed-task micro-batcher.
 
-Why not ``@serve.batch``: it splits every batch by multiplexed model id, so it cannot form mixed-task batches
-(DESIGN.md). Each replica batches across tasks itself; Ray's multiplexed model id (the task) is used only for
-replica affinity — routing a task to a replica that already holds its adapter — and can be turned off
-(``VPETL_RAY_AFFINITY=0``) to measure whether it helps.
+Data path: the ingress checks auth, limits and the task (from its own pointer cache: events + periodic check, so a
+Redis outage does not stop predictions of cached tasks), reads the clip, and hands the replica the clip *as
+uploaded* (bytes, never a float32 tensor) with the version it resolved; the replica decodes it in a worker thread
+and joins the next mixed-task batch. ``@serve.batch`` is not used: it splits batches by multiplexed model id, so it
+cannot form mixed-task batches (DESIGN.md). Ray's multiplexed model id (the task) only routes a task to a replica
+that already holds its adapter (``ray_affinity``).
 
-``build_app(args)`` is the application builder for ``serve run`` / ``serve deploy`` (deploy/serve_config.yaml):
-``args`` are Settings fields (``redis_url`` is required: replicas must share one Redis).
+``build_app(args)`` is the application builder for ``serve run`` / ``serve deploy`` (deploy/serve_config.yaml) and
+``vpetl serve --engine ray``. ``args`` are Settings fields; each replica builds its Settings from those *and its own
+environment* (VPETL_DEVICE on a GPU pod applies), and secrets (``admin_token``) never travel in args: every replica
+reads VPETL_ADMIN_TOKEN from its environment. Replicas load the deployment's backbone from the registry in Redis
+(``vpetl.store.backbones``): nothing crosses nodes through a local path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-import os
+import time
 from typing import Any
 
-import numpy as np
 from ray import serve
 from ray.serve import Application
 
+from server.pointers import PointerCache
 from server.predictor import Prediction
 from server.settings import Settings
 from vpetl import errors as E
@@ -30,6 +37,15 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "vpetl"
 PREDICTOR = "VpetlPredictor"
+INGRESS = "VpetlIngress"
+SECRETS = frozenset({"admin_token"})
+# Settings that only make sense in the process that resolves them: replicas get the backbone from the registry.
+DRIVER_ONLY = frozenset({"checkpoint"})
+REPLICA_STATS_KEY = "vpetl:{replicas}:stats"  # hash: replica id -> JSON stats with a timestamp
+STATS_EVERY_S = 1.0
+STATS_FRESH_S = 5.0
+PREDICT_ATTEMPTS = 3  # a request whose replica died is retried on another (Serve replaces the dead one)
+
 _ERRORS: dict[str, type[VpetlError]] = {
     cls.code: cls for cls in vars(E).values() if isinstance(cls, type) and issubclass(cls, VpetlError)
 }
@@ -42,13 +58,20 @@ def _error_from(payload: dict[str, Any]) -> VpetlError:
     return err
 
 
-class RemotePredictor:
-    """What the routes call (``resolve`` / ``ensure_loaded`` / ``predict``), forwarded to predictor replicas."""
+def _replica_gone(e: BaseException) -> bool:
+    """A failure of the replica process, not of the request: worth retrying on another replica."""
+    from ray import exceptions as rx
 
-    def __init__(self, store: AsyncAdapterStore, affinity: bool) -> None:
+    return isinstance(e, (rx.RayActorError, rx.ActorDiedError, rx.ActorUnavailableError, rx.WorkerCrashedError))
+
+
+class RemotePredictor:
+    """The ingress's engine: resolves versions from its own pointer cache, forwards encoded clips to replicas."""
+
+    def __init__(self, store: AsyncAdapterStore, *, affinity: bool, pointer_check_s: float) -> None:
         self.store, self.affinity = store, affinity
+        self.pointer_cache = PointerCache(store, pointer_check_s)
         self._handle: Any = None
-        self.batcher = None  # queue depth lives in the replicas
 
     @property
     def handle(self) -> Any:
@@ -57,45 +80,95 @@ class RemotePredictor:
         return self._handle
 
     async def start(self) -> None:
-        return None
+        await self.pointer_cache.start()
 
     async def stop(self) -> None:
-        return None
+        await self.pointer_cache.stop()
 
     async def resolve(self, task: str, version: int | None) -> int:
         if version is not None:
             await self.store.get_record(task, version)  # UnknownTask / UnknownVersion before the body is read
             return version
-        current = await self.store.get_pointer(task)
-        if current is None:
-            raise E.UnknownTask(f"no adapter is published for task {task!r}")
-        return current
+        return await self.pointer_cache.resolve(task, None)
 
     async def ensure_loaded(self, task: str, version: int) -> None:
         return None  # the replica that gets the request loads it (per-key lock there)
 
-    async def predict(self, clip: np.ndarray, task: str, version: int | None, topk: int = 5) -> Prediction:
-        handle = self.handle.options(multiplexed_model_id=task) if self.affinity else self.handle
-        out = await handle.predict.remote(clip, task, version, topk)
+    async def _call(self, method: str, *args: Any, task: str | None = None) -> Any:
+        handle = self.handle.options(multiplexed_model_id=task) if (self.affinity and task) else self.handle
+        for attempt in range(1, PREDICT_ATTEMPTS + 1):
+            try:
+                return await getattr(handle, method).remote(*args)
+            except Exception as e:
+                if not _replica_gone(e) or attempt == PREDICT_ATTEMPTS:
+                    raise
+                logger.warning("predictor replica died during %s (%s); retrying on another", method, type(e).__name__)
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    async def predict_encoded(self, data: bytes, task: str, version: int | None, topk: int = 5) -> Prediction:
+        out = await self._call("predict", data, task, version, topk, task=task)
         if "error" in out:
             raise _error_from(out["error"])
         return Prediction(**out)
 
+    async def validate_adapter(self, task: str, data: bytes) -> None:
+        out = await self._call("validate_adapter", task, data)
+        if out is not None:
+            raise _error_from(out["error"])
 
-@serve.deployment(name=PREDICTOR, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+    async def replica_stats(self) -> list[dict[str, Any]]:
+        """Every live replica's last heartbeat (replicas write them to Redis; the ingress cannot address one
+        replica through a deployment handle)."""
+        raw = await self.store.redis.hgetall(REPLICA_STATS_KEY)
+        now, out = time.time(), []
+        for value in raw.values():
+            stats = json.loads(value)
+            if now - float(stats.get("ts", 0)) <= STATS_FRESH_S:
+                out.append(stats)
+        return sorted(out, key=lambda s: str(s.get("replica")))
+
+
+def _replica_settings(payload: dict[str, Any]) -> Settings:
+    """A replica's settings: the app's args over this process's own environment (device, secrets, addresses)."""
+    return Settings(**payload)
+
+
+@serve.deployment(name=PREDICTOR, max_ongoing_requests=256)
 class PredictorDeployment:
-    """One replica: its own backbone + AdapterBank + micro-batcher, adapters from the shared Redis."""
+    """One replica: the registered backbone + AdapterBank + micro-batcher, adapters from the shared Redis."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, payload: dict[str, Any]) -> None:
+        import ray
+
         from server.services import create_services
 
-        self.services = create_services(Settings(**settings))
+        # Resolving the backbone from the registry waits up to backbone_wait_s, then raises with the reason:
+        # Serve logs it and retries the replica, so a missing or mismatched backbone never serves.
+        self.services = create_services(_replica_settings(payload))
+        predictor = self.services.predictor
+        predictor.replica_id = serve.get_replica_context().replica_id.unique_id
+        predictor.node_id = ray.get_runtime_context().get_node_id()
         self._started = False
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> None:
         if not self._started:
-            await self.services.start()
             self._started = True
+            await self.services.start()
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="vpetl-replica-stats")
+
+    async def _beat(self) -> None:
+        predictor, redis = self.services.predictor, self.services.store.redis
+        while True:
+            try:
+                stats = {**predictor.stats(), "ts": time.time()}
+                await redis.hset(REPLICA_STATS_KEY, predictor.replica_id, json.dumps(stats))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: the next beat retries; predictions do not depend on this
+                logger.debug("replica stats not written: %s", e)
+            await asyncio.sleep(STATS_EVERY_S)
 
     @serve.multiplexed(max_num_models_per_replica=1024)
     async def get_model(self, task: str) -> str:
@@ -103,44 +176,121 @@ class PredictorDeployment:
         # byte-budget cache (all versions, mixed batches), not in Serve's per-model LRU.
         return task
 
-    async def predict(self, clip: np.ndarray, task: str, version: int | None, topk: int) -> dict[str, Any]:
+    async def predict(self, data: bytes, task: str, version: int | None, topk: int) -> dict[str, Any]:
         await self._ensure_started()
         if serve.get_multiplexed_model_id():
             await self.get_model(task)
         try:
-            return (await self.services.predictor.predict(clip, task, version, topk)).to_dict()
+            return (await self.services.predictor.predict_encoded(data, task, version, topk)).to_dict()
         except VpetlError as e:  # errors cross the process boundary as data, re-raised typed by the ingress
             return {"error": {"code": e.code, "message": e.message}}
 
-    def check_health(self) -> None:
-        if not self.services.bank.backbone_sha256:
-            raise RuntimeError("backbone not loaded")
+    async def validate_adapter(self, task: str, data: bytes) -> dict[str, Any] | None:
+        await self._ensure_started()
+        try:
+            await self.services.predictor.validate_adapter(task, data)
+        except VpetlError as e:
+            return {"error": {"code": e.code, "message": e.message}}
+        return None
+
+    async def stats(self) -> dict[str, Any]:
+        await self._ensure_started()
+        return self.services.predictor.stats()
+
+    async def check_health(self) -> None:
+        await self._ensure_started()
+        bank, identity = self.services.bank, self.services.identity
+        if bank is None or bank.backbone_sha256 != identity.sha256:
+            raise RuntimeError(f"replica does not hold the registered backbone {identity.sha256[:12]}")
+
+    def __del__(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
 
 
-def _ingress_app(settings: dict[str, Any]) -> Any:
-    """Runs inside the ingress replica: the full app, whose predictor forwards to the predictor deployment."""
+def _ingress_app(payload: dict[str, Any]) -> Any:
+    """Runs inside each ingress replica: the full app with no backbone, forwarding to the predictor deployment."""
     from server.app import build_app as build_fastapi
     from server.services import create_services
 
-    services = create_services(Settings(**settings))
-    services.predictor = RemotePredictor(services.store, affinity=os.environ.get("VPETL_RAY_AFFINITY", "1") != "0")
+    settings = _replica_settings(payload)
+    settings.check_bind()  # this replica's own environment must hold the token a non-loopback bind needs
+    services = create_services(settings, with_backbone=False)
+    services.predictor = RemotePredictor(
+        services.store, affinity=settings.ray_affinity, pointer_check_s=settings.pointer_check_s
+    )
     return build_fastapi(services)
 
 
+def predictor_options(settings: Settings) -> dict[str, Any]:
+    """Resources and scaling of the predictor deployment, from Settings."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.predictor_num_cpus, "num_gpus": settings.predictor_num_gpus},
+        # Above the batch size, or Serve holds back requests a batch could take (ENVIRONMENT.md).
+        "max_ongoing_requests": max(4 * settings.max_batch_size, settings.max_queue),
+    }
+    if settings.max_replicas is not None:
+        low = settings.min_replicas if settings.min_replicas is not None else 1
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "initial_replicas": min(max(settings.replicas, low), settings.max_replicas),
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+            "upscale_delay_s": settings.upscale_delay_s,
+            "downscale_delay_s": settings.downscale_delay_s,
+        }
+    else:
+        options["num_replicas"] = settings.replicas
+    return options
+
+
+def replica_payload(settings: Settings) -> dict[str, Any]:
+    """What travels to the replicas (stored by Ray's GCS): the explicitly set settings, minus secrets and
+    driver-local paths. Everything else each replica takes from its own environment."""
+    chosen = settings.model_fields_set - SECRETS - DRIVER_ONLY
+    return settings.model_dump(mode="json", include=chosen)
+
+
+def replica_args(settings: Settings) -> dict[str, Any]:
+    """``build_app`` args for settings resolved by a driver (``vpetl serve --engine ray``): no secrets."""
+    return settings.model_dump(mode="json", include=settings.model_fields_set - SECRETS)
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    """Application builder (``serve run server.ray_app:build_app redis_url=…``)."""
+    """Application builder (``serve run server.ray_app:build_app redis_url=…``, deploy/serve_config.yaml)."""
+    bad = sorted(set(args) & SECRETS)
+    if bad:
+        raise E.InvalidRequest(
+            f"{', '.join(bad)} must not be in the app's args (Ray stores them): set VPETL_ADMIN_TOKEN in the "
+            "environment of every Ray node instead"
+        )
     settings = Settings(**args)
     if not settings.redis_url:
         raise E.InvalidRequest("the Ray engine needs a shared Redis: set redis_url (or VPETL_REDIS_URL)")
-    payload = settings.model_dump(mode="json")
-    replicas = settings.replicas
-    predictor = PredictorDeployment.options(num_replicas=replicas).bind(payload)
+    settings.check_bind()
+    if settings.checkpoint is not None:  # a checkpoint readable here: register it once for every replica
+        _register_checkpoint(settings)
+    payload = replica_payload(settings)
+    predictor = PredictorDeployment.options(**predictor_options(settings)).bind(payload)
 
     def build_ingress() -> Any:  # a plain function: Ray treats it as an app builder, run inside the replica
         return _ingress_app(payload)
 
     ingress_cls = serve.deployment(
-        serve.ingress(build_ingress)(), name="VpetlIngress",
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512,
-    )
-    return ingress_cls.options(num_replicas=1).bind(predictor)
+        serve.ingress(build_ingress)(), name=INGRESS,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus}, max_ongoing_requests=512,
+    )  # fmt: skip
+    return ingress_cls.options(num_replicas=settings.ingress_replicas).bind(predictor)
+
+
+def _register_checkpoint(settings: Settings) -> None:
+    from vpetl.backbones.identity import resolve_backbone
+    from vpetl.store.adapters import redis_client
+    from vpetl.store.backbones import BackboneRegistry
+
+    client = redis_client(str(settings.redis_url))
+    try:
+        registry = BackboneRegistry(client)
+        resolve_backbone(settings.backbone, settings.checkpoint, registry, settings.data_dir / "backbones")
+    finally:
+        client.close()

@@ -14,25 +14,40 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import torch
 
 from server.metrics import Metrics
-from server.predictor import Predictor
+from server.predictor import Prediction, Predictor
 from server.settings import Settings
-from vpetl.backbones import create_backbone
 from vpetl.backbones.base import Backbone
+from vpetl.backbones.identity import resolve_backbone
 from vpetl.errors import VpetlError
 from vpetl.petl.bank import AdapterBank
 from vpetl.store import AsyncAdapterStore, ClipStore, EmbeddedRedis
 from vpetl.store.adapters import redis_client
+from vpetl.store.backbones import BackboneNotRegistered, BackboneRecord, BackboneRegistry, describe
 from vpetl.store.jobs import JobQueue
 
 logger = logging.getLogger(__name__)
 
 REDIS_WAIT_S = 15.0  # bounded wait for an external Redis at start-up (compose starts services together)
+
+
+class Engine(Protocol):
+    """What the routes call to predict: the local :class:`~server.predictor.Predictor`, or the Ray ingress's
+    forwarder to predictor replicas (``server.ray_app.RemotePredictor``)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def resolve(self, task: str, version: int | None) -> int: ...
+    async def ensure_loaded(self, task: str, version: int) -> object: ...
+    async def predict_encoded(self, data: bytes, task: str, version: int | None, topk: int) -> Prediction: ...
+    async def validate_adapter(self, task: str, data: bytes) -> None: ...
+    async def replica_stats(self) -> list[dict[str, Any]]: ...
 
 
 class RedisUnavailable(VpetlError):
@@ -46,14 +61,26 @@ class Services:
 
     settings: Settings
     redis_url: str
-    backbone: Backbone
-    bank: AdapterBank
+    identity: BackboneRecord  # the deployment's registered backbone (name, sha256, input spec)
+    backbone: Backbone | None  # None in a Ray Serve ingress: the backbone lives in the predictor replicas
+    bank: AdapterBank | None
     store: AsyncAdapterStore
     clips: ClipStore
-    predictor: Predictor
+    predictor: Engine
     metrics: Metrics
     jobs: JobQueue
     embedded_redis: EmbeddedRedis | None = None
+
+    def require_backbone(self) -> Backbone:
+        """The backbone module, built from the registry on first use where this process has none (a Ray ingress
+        asked for the ONNX graph). Blocking: call from a worker thread."""
+        if self.backbone is None:
+            backbone, _ = resolve_backbone(
+                self.identity.name, None, BackboneRegistry(self.jobs.redis), self.settings.data_dir / "backbones",
+                register=False,
+            )  # fmt: skip
+            self.backbone = backbone
+        return self.backbone
 
     async def start(self) -> None:
         """Start the loop-bound parts (the predictor's event listener and pointer check)."""
@@ -66,7 +93,7 @@ class Services:
         await self.store.redis.connection_pool.disconnect()
 
     def close(self) -> None:
-        """Release the process-bound parts: the clip store's client and the embedded redis-server, if any."""
+        """Release the process-bound parts: the shared blocking Redis client and the embedded redis-server."""
         self.clips.close()
         self.jobs.redis.close()
         if self.embedded_redis is not None:
@@ -108,8 +135,10 @@ def wait_for_redis(url: str, timeout: float = REDIS_WAIT_S) -> None:
         client.close()
 
 
-def create_services(settings: Settings) -> Services:
-    """Build every service (blocking: starts Redis if embedded, builds the backbone). Call ``close()`` when done."""
+def create_services(settings: Settings, *, with_backbone: bool = True) -> Services:
+    """Build every service (blocking: starts Redis if embedded, resolves the deployment's backbone). Call
+    ``close()`` when done. ``with_backbone=False`` (a Ray Serve ingress): no backbone, bank or predictor — the
+    caller sets ``predictor`` to one that forwards to the replicas; the identity comes from the registry."""
     torch.set_num_threads(settings.torch_threads)
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
@@ -119,39 +148,58 @@ def create_services(settings: Settings) -> Services:
         logger.info("embedded redis-server at %s", url)
     try:
         wait_for_redis(url)
-        backbone = create_backbone(settings.backbone, checkpoint=settings.checkpoint).to(settings.device)
-        bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024))
+        client = redis_client(url)
+        registry = BackboneRegistry(client)
+        backbone: Backbone | None = None
+        bank: AdapterBank | None = None
+        if with_backbone:
+            backbone, identity = resolve_backbone(
+                settings.backbone, settings.checkpoint, registry, settings.data_dir / "backbones",
+                wait_s=settings.backbone_wait_s,
+            )  # fmt: skip
+            backbone = backbone.to(settings.device)
+            bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024))
+        else:
+            found = registry.wait(settings.backbone_wait_s)
+            if found is None:
+                raise BackboneNotRegistered(
+                    "no backbone is registered in Redis yet: start a predictor, `vpetl worker` or "
+                    "`vpetl backbone register` against the same Redis"
+                )
+            identity = found
         metrics = Metrics()
         store = AsyncAdapterStore(url)
-        clips = ClipStore(settings.data_dir, url, max_bytes=settings.max_upload_bytes)
-        jobs = JobQueue(redis_client(url))
-        predictor = Predictor(
-            bank,
-            store,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue,
-            pointer_check_s=settings.pointer_check_s,
-            batch_policy=settings.batch_policy,
-            on_batch=metrics.on_batch,
-            on_load=metrics.on_load,
-        )
-        metrics.bind(predictor, bank)
+        clips = ClipStore(settings.data_dir, client, max_bytes=settings.max_upload_bytes)
+        jobs = JobQueue(client)
+        predictor: Engine | None = None
+        if bank is not None:
+            local = Predictor(
+                bank,
+                store,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+                pointer_check_s=settings.pointer_check_s,
+                batch_policy=settings.batch_policy,
+                on_batch=metrics.on_batch,
+                on_load=metrics.on_load,
+            )
+            metrics.bind(local, bank)
+            predictor = local
     except BaseException:
         if embedded is not None:
             embedded.stop()
         raise
-    logger.info(
-        "services ready: backbone %s (sha256 %s…), redis %s", backbone.name, bank.backbone_sha256[:12], redact_url(url)
-    )
+    logger.info("services ready: backbone %s, redis %s", describe(identity), redact_url(url))
     return Services(
         settings=settings,
         redis_url=url,
+        identity=identity,
         backbone=backbone,
         bank=bank,
         store=store,
         clips=clips,
-        predictor=predictor,
+        predictor=predictor,  # type: ignore[arg-type]  # set by the Ray ingress when with_backbone is False
         metrics=metrics,
         jobs=jobs,
         embedded_redis=embedded,

@@ -35,7 +35,21 @@ class Settings(BaseSettings):
     max_adapter_mb: float = Field(64.0, gt=0, description="adapter upload limit")
     cache_mb: float = Field(256.0, gt=0, description="adapter cache byte budget per predictor")
     pointer_check_s: float = Field(0.5, gt=0, description="periodic pointer re-check (covers missed events)")
-    replicas: int = Field(1, ge=1, description="Ray Serve predictor replicas")
+    backbone_wait_s: float = Field(
+        60.0, ge=0, description="how long a process without weights of its own waits for a backbone registration"
+    )
+    # Ray Serve (engine ray, `serve deploy`, KubeRay): resources and autoscaling per deployment.
+    replicas: int = Field(1, ge=1, description="predictor replicas (the initial count when autoscaling)")
+    predictor_num_cpus: float = Field(1.0, ge=0, description="CPUs each predictor replica reserves")
+    predictor_num_gpus: float = Field(0.0, ge=0, description="GPUs each predictor replica reserves (fractions ok)")
+    min_replicas: int | None = Field(None, ge=0, description="autoscaling: fewest predictor replicas")
+    max_replicas: int | None = Field(None, ge=1, description="autoscaling on when set: most predictor replicas")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling: requests in flight per replica")
+    upscale_delay_s: float = Field(10.0, ge=0, description="autoscaling: sustained load before adding a replica")
+    downscale_delay_s: float = Field(60.0, ge=0, description="autoscaling: idle time before removing a replica")
+    ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (no backbone; auth, limits)")
+    ingress_num_cpus: float = Field(0.25, ge=0, description="CPUs each ingress replica reserves")
+    ray_affinity: bool = Field(True, description="route a task to a replica that holds its adapter")
     torch_threads: int = Field(2, ge=1)
 
     @property

@@ -191,6 +191,9 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, bool]
+    replicas: list[dict[str, Any]] = Field(
+        default_factory=list, description="each predictor: backbone sha256, queue depth, adapter cache, node"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ jobs

@@ -55,6 +55,7 @@ def serve_local(settings: Settings, log_level: str) -> None:
 def serve_ray(settings: Settings, log_level: str) -> None:
     """Ray Serve: an ingress deployment (the same FastAPI app) and ``--replicas`` predictor replicas, each with its
     own mixed-task micro-batcher. Joins the cluster at ``RAY_ADDRESS`` if set, else starts a local Ray."""
+    import math
     import os
     import time
 
@@ -63,7 +64,7 @@ def serve_ray(settings: Settings, log_level: str) -> None:
     import ray
     from ray import serve
 
-    from server.ray_app import APP_NAME, build_app
+    from server.ray_app import APP_NAME, build_app, replica_args
     from server.services import redact_url
     from vpetl.store import EmbeddedRedis
 
@@ -71,14 +72,22 @@ def serve_ray(settings: Settings, log_level: str) -> None:
     if settings.redis_url is None:  # replicas are separate processes: they share one (embedded) redis-server
         embedded = EmbeddedRedis(settings.data_dir / "redis").start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
+    if settings.admin_token:  # replicas read secrets from their environment, never from the app's args
+        os.environ["VPETL_ADMIN_TOKEN"] = settings.admin_token
     try:
+        _register_backbone(settings)  # here, where the checkpoint is: replicas load it from Redis
+        settings = settings.model_copy(update={"checkpoint": None})
         address = os.environ.get("RAY_ADDRESS")
+        needed = (settings.replicas * settings.predictor_num_cpus
+                  + settings.ingress_replicas * settings.ingress_num_cpus)  # fmt: skip
         ray.init(
-            address=address, num_cpus=None if address else max(2, os.cpu_count() or 2), include_dashboard=False,
-            log_to_driver=log_level == "debug", logging_level="ERROR", ignore_reinit_error=True,
-        )
+            address=address, num_cpus=None if address else max(2, os.cpu_count() or 2, math.ceil(needed)),
+            num_gpus=None if address else math.ceil(settings.replicas * settings.predictor_num_gpus) or None,
+            include_dashboard=False, log_to_driver=log_level == "debug", logging_level="ERROR",
+            ignore_reinit_error=True,
+        )  # fmt: skip
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(replica_args(settings)), name=APP_NAME, route_prefix="/")
         err_console.print(
             f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine ray, {settings.replicas} "
             f"predictor replica(s), redis {redact_url(str(settings.redis_url))}; API docs at /docs)",
@@ -95,6 +104,24 @@ def serve_ray(settings: Settings, log_level: str) -> None:
         finally:
             if embedded is not None:
                 embedded.stop()
+
+
+def _register_backbone(settings: Settings) -> None:
+    """Resolve (and, on first start, register) the deployment's backbone in Redis, or refuse to start."""
+    from vpetl.backbones.identity import resolve_backbone
+    from vpetl.store.adapters import redis_client
+    from vpetl.store.backbones import BackboneRegistry, describe
+
+    client = redis_client(str(settings.redis_url))
+    try:
+        _, record = resolve_backbone(
+            settings.backbone, settings.checkpoint, BackboneRegistry(client), settings.data_dir / "backbones"
+        )
+        logger.info("deployment backbone: %s", describe(record))
+    except VpetlError as e:
+        fail(e)
+    finally:
+        client.close()
 
 
 ENGINES: dict[str, Engine] = {"local": serve_local, "ray": serve_ray}

@@ -99,6 +99,7 @@ def up(
     from vpetl.backbones import create_backbone
     from vpetl.store import AdapterStore, EmbeddedRedis
     from vpetl.store.adapters import redis_client
+    from vpetl.store.backbones import BackboneRegistry, describe
     from vpetl.store.jobs import JobQueue
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -121,6 +122,13 @@ def up(
         console.print(f"  vpetl-demo ready ({backbone.num_params():,} parameters, sha256 {backbone.sha256()[:12]}…)")
         console.print("[bold]2/3[/] demo tasks")
         client = redis_client(redis_server.url)
+        registry = BackboneRegistry(client)
+        registered = registry.get()
+        if registered is not None and registered.sha256 != backbone.sha256():
+            # a newer demo backbone (a new pretraining recipe): this embedded deployment follows it, and the
+            # demo tasks below are retrained for it
+            console.print(f"  replacing the registered backbone {describe(registered)}")
+            registry.unregister()
         store = AdapterStore(client)
         for task, preset in DEMO_TASKS.items():
             _demo_adapter(backbone, store, task, preset, data_dir)

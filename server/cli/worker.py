@@ -25,23 +25,31 @@ def worker(
     ),
     consumer: str | None = typer.Option(None, "--name", help="consumer name in the group (default host-pid)"),
     threads: int = typer.Option(2, "--threads", help="torch threads"),
+    wait_s: float = typer.Option(
+        60.0, "--backbone-wait-s", envvar="VPETL_BACKBONE_WAIT_S",
+        help="with no weights of its own, wait this long for a server to register the backbone",
+    ),
 ) -> None:
     """Train adapters for queued jobs (POST /jobs) and publish them to the adapter store."""
     import torch
 
     from server.cli.common import resolve_checkpoint
     from training.worker import Worker
-    from vpetl.backbones import create_backbone
+    from vpetl.backbones.identity import resolve_backbone
     from vpetl.store import AdapterStore, ClipStore
     from vpetl.store.adapters import redis_client
+    from vpetl.store.backbones import BackboneRegistry
     from vpetl.store.jobs import JobQueue, default_consumer_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     try:
-        ckpt = resolve_checkpoint(backbone, checkpoint, data_dir)
-        model = create_backbone(backbone, checkpoint=ckpt)
         client = redis_client(redis_url)
+        registered = BackboneRegistry(client).get()
+        # The deployment's backbone comes from Redis when one is registered (no local file needed on this node);
+        # otherwise this worker registers its own (the demo backbone is pretrained on first use).
+        ckpt = checkpoint if registered is not None else resolve_checkpoint(backbone, checkpoint, data_dir)
+        model, _ = resolve_backbone(backbone, ckpt, BackboneRegistry(client), data_dir / "backbones", wait_s=wait_s)
         store = AdapterStore(client)
         clips = ClipStore(data_dir, client)
     except VpetlError as e:

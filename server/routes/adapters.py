@@ -143,19 +143,20 @@ async def download_adapter(
     )
 
 
-def _validate(services: Services, task: str, data: bytes) -> dict[str, object]:
-    """Run the bank's full load checks on the upload (format, finiteness, method, shapes, backbone hash) without
-    caching it, and return the metadata to store with the version. Runs in a worker thread."""
+async def _validate(services: Services, task: str, data: bytes) -> dict[str, object]:
+    """Run the full load checks on the upload (format, finiteness, method, shapes, backbone hash) where the
+    backbone is — this process, or a Ray predictor replica — without caching it, and return the metadata to store
+    with the version."""
     if not data:
         raise InvalidAdapter("the adapter file is empty (0 bytes)")
     try:
-        services.bank.decode(task, 0, data)
+        await services.predictor.validate_adapter(task, data)
     except VpetlError:
         raise
     except Exception as e:  # a file that passed every check but still broke decoding: bad input, and a bug to fix
         logger.exception("adapter upload for %s passed validation but failed to decode", task)
         raise InvalidAdapter(f"the adapter could not be decoded ({type(e).__name__})") from e
-    meta = read_adapter_meta(data)
+    meta = await asyncio.to_thread(read_adapter_meta, data)
     stored = meta.model_dump(mode="json", include=set(STORED_META))
     stored["input_spec"] = meta.input_spec.model_dump(mode="json")
     return stored
@@ -175,7 +176,7 @@ async def put_adapter(task: TaskPath, request: Request, response: Response, serv
     kind = ADAPTER_FORM.kind(request.headers.get("content-type"))
     check_content_length(request, limit + (MULTIPART_OVERHEAD if kind == "multipart" else 0), "adapter")
     data = await read_upload(request, ADAPTER_FORM, limit)
-    meta = await asyncio.to_thread(_validate, services, task, data)
+    meta = await _validate(services, task, data)
     record = await services.store.publish(task, data, meta)
     logger.info(
         "published task=%s version=%d adapter=%s request=%s",

@@ -15,12 +15,4 @@ router = APIRouter(prefix="/backbone", tags=["backbone"])
 
 @router.get("", response_model=BackboneInfo, summary="Backbone name, sha256, input spec, feature width, size")
 async def backbone_info(services: ServicesDep) -> BackboneInfo:
-    backbone = services.backbone
-    return BackboneInfo(
-        name=backbone.name,
-        family=backbone.family,
-        sha256=services.bank.backbone_sha256,
-        input_spec=backbone.input_spec,
-        num_features=backbone.num_features,
-        parameters=sum(p.numel() for p in backbone.frozen_state_dict().values()),
-    )
+    return services.identity.info()  # the deployment's registered backbone, the same on every replica

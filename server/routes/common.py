@@ -5,12 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from server.uploads import UploadForm
-from vpetl.errors import InvalidVideo, VpetlError
-from vpetl.protocol import ErrorResponse, InputSpec
-from vpetl.video import load_clip
+from vpetl.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +33,3 @@ def binary_body(description: str, *media_types: str, field: str | None = None) -
 CLIP_FORM = UploadForm(field="clip", raw_types=("video/*", "application/octet-stream"), what="clip")
 
 
-def decode_clip(data: bytes, spec: InputSpec) -> np.ndarray:
-    """Decode + sample + preprocess exactly as the backbone's InputSpec says (runs in a worker thread)."""
-    if not data:
-        raise InvalidVideo("the clip is empty (0 bytes)")
-    try:
-        return load_clip(data, spec)
-    except VpetlError:
-        raise
-    except (RuntimeError, ValueError, IndexError, EOFError, OSError) as e:
-        # load_clip maps decoder failures to InvalidVideo; this is the net for one it did not foresee
-        logger.warning("decoder raised %s for an upload; answered invalid_video", type(e).__name__)
-        raise InvalidVideo(f"the clip could not be decoded ({type(e).__name__})") from e

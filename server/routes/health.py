@@ -16,6 +16,7 @@ router = APIRouter(tags=["health"])
 
 # A readiness probe must answer fast; the store's client retries for seconds while Redis is down.
 READY_REDIS_TIMEOUT_S = 1.0
+READY_REPLICAS_TIMEOUT_S = 2.0
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process serves HTTP")
@@ -28,7 +29,12 @@ async def healthz() -> HealthResponse:
     responses=error_responses(503),
 )  # fmt: skip
 async def readyz(services: ServicesDep) -> ReadyResponse:
-    checks = {"backbone": services.backbone is not None and bool(services.bank.backbone_sha256)}
+    try:
+        replicas = await asyncio.wait_for(services.predictor.replica_stats(), READY_REPLICAS_TIMEOUT_S)
+    except Exception:  # no replica answered in time (starting, or all gone): not ready, say so
+        replicas = []
+    # ready once at least one predictor holds the deployment's registered backbone
+    checks = {"backbone": any(r.get("backbone_sha256") == services.identity.sha256 for r in replicas)}
     try:
         checks["redis"] = await asyncio.wait_for(services.store.ping(), READY_REDIS_TIMEOUT_S)
     except asyncio.TimeoutError:
@@ -36,7 +42,7 @@ async def readyz(services: ServicesDep) -> ReadyResponse:
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         raise NotReady(f"not ready: {', '.join(failed)} unavailable")
-    return ReadyResponse(checks=checks)
+    return ReadyResponse(checks=checks, replicas=replicas)
 
 
 @router.get(
@@ -47,4 +53,8 @@ async def readyz(services: ServicesDep) -> ReadyResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(services: ServicesDep) -> Response:
-    return Response(content=services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    try:
+        replicas = await asyncio.wait_for(services.predictor.replica_stats(), READY_REPLICAS_TIMEOUT_S)
+    except Exception:
+        replicas = []
+    return Response(content=services.metrics.render(replicas), media_type=CONTENT_TYPE_LATEST)

@@ -31,8 +31,8 @@ Family = Literal["bapat", "patt", "adaptmlp", "lora", "linear"]
 
 
 def graph_path(services: Services, family: str) -> Path:
-    sha = services.bank.backbone_sha256
-    return Path(services.settings.data_dir) / "onnx" / f"{services.backbone.name}-{sha[:16]}-{family}.onnx"
+    sha = services.identity.sha256
+    return Path(services.settings.data_dir) / "onnx" / f"{services.identity.name}-{sha[:16]}-{family}.onnx"
 
 
 def _cached_sha256(path: Path) -> str | None:
@@ -66,8 +66,8 @@ def _hash_and_record(path: Path) -> str:
 def _export(services: Services, family: str, path: Path) -> str:
     from training.onnx_export import export_backbone_onnx  # torch-heavy: only when a graph is first asked for
 
-    logger.info("exporting backbone %s as ONNX (family %s) to %s", services.backbone.name, family, path)
-    export_backbone_onnx(services.backbone, family, path)
+    logger.info("exporting backbone %s as ONNX (family %s) to %s", services.identity.name, family, path)
+    export_backbone_onnx(services.require_backbone(), family, path)
     return _hash_and_record(path)
 
 
@@ -118,4 +118,4 @@ async def backbone_onnx(
     if _matches(request.headers.get("if-none-match"), sha):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers,
-                        filename=f"{services.backbone.name}-{family}.onnx")
+                        filename=f"{services.identity.name}-{family}.onnx")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Annotated
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 
 from server.deps import ServicesDep, TaskQuery
 from server.metrics import UNRESOLVED_TASK
-from server.routes.common import CLIP_FORM, binary_body, decode_clip, error_responses
+from server.routes.common import CLIP_FORM, binary_body, error_responses
 from server.uploads import MULTIPART_OVERHEAD, check_content_length, read_upload
 from vpetl.errors import VpetlError
 from vpetl.protocol import PredictionResponse
@@ -46,12 +45,9 @@ async def predict(
         await predictor.ensure_loaded(task, resolved)
         task_label = task
         data = await read_upload(request, CLIP_FORM, limit)
-        decode_started = time.perf_counter()
-        clip = await asyncio.to_thread(decode_clip, data, services.backbone.input_spec)
-        decode_ms = (time.perf_counter() - decode_started) * 1000
-        result = await predictor.predict(clip, task, resolved, topk)
+        # decoded where the backbone is: in this process (local engine) or in a Ray predictor replica
+        result = await predictor.predict_encoded(data, task, resolved, topk)
         timing = dict(result.timing_ms)
-        timing["decode"] = round(decode_ms, 3)
         timing["total"] = round((time.perf_counter() - started) * 1000, 3)
         response = PredictionResponse.model_validate({**result.to_dict(), "timing_ms": timing})
         status = 200
