@@ -5,6 +5,7 @@ Command modules import torch-heavy code lazily inside the command bodies so ``vp
 
 from __future__ import annotations
 
+from server.cli import backbone as _backbone  # noqa: F401  (registers `vpetl backbone …`)
 from server.cli import bench as _bench  # noqa: F401  (registers `vpetl bench`)
 from server.cli import data as _data  # noqa: F401  (registers `vpetl data …`)
 from server.cli import inspect as _inspect  # noqa: F401  (registers `vpetl inspect`)
