@@ -232,8 +232,12 @@ def test_backbone_health_and_metrics(http: httpx.Client, baseline: str, clips: d
     assert (r.status_code, error_code(r)) == (422, "invalid_request")
 
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json() == {"status": "ready", "checks": {"backbone": True, "redis": True}}
+    ready = http.get("/readyz").json()
+    assert (ready["status"], ready["checks"]) == ("ready", {"backbone": True, "redis": True})
+    assert [r["backbone_sha256"] for r in ready["replicas"]] == [info["sha256"]]  # the local engine: one predictor
+    batches_before = ready["replicas"][0]["batches"]
     assert predict(http, baseline, clips["ok"]).status_code == 200
+    assert http.get("/readyz").json()["replicas"][0]["batches"] == batches_before + 1
     r = http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from server.errors import install_error_handlers
 from server.routes import onnx as onnx_route
 from vpetl.backbones import create_backbone
+from vpetl.backbones.identity import backbone_info
 from vpetl.petl.bank import AdapterBank
 
 torch.set_num_threads(2)
@@ -27,8 +28,10 @@ torch.set_num_threads(2)
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     backbone = create_backbone("videomae-tiny")
     bank = AdapterBank(backbone)  # the serving backbone carries the bank's hooks, as in the real server
-    services = SimpleNamespace(backbone=backbone, bank=bank,
-                               settings=SimpleNamespace(data_dir=tmp_path_factory.mktemp("data")))
+    services = SimpleNamespace(
+        backbone=backbone, bank=bank, identity=backbone_info(backbone), require_backbone=lambda: backbone,
+        settings=SimpleNamespace(data_dir=tmp_path_factory.mktemp("data")),
+    )
     app = FastAPI()
     app.state.services = services
     install_error_handlers(app)
