@@ -1,8 +1,9 @@
 """The adapter store's operations, written once for both the sync and the async store ("sans-IO").
 
-Each operation is a generator: it validates its input, yields :class:`Script` / :class:`Command` requests, receives
-each Redis reply through ``send()``, and returns the result (or raises a ``VpetlError``). ``AdapterStore`` drives it
-with blocking calls, ``AsyncAdapterStore`` with awaits; neither holds any logic of its own, so they cannot drift.
+Each operation is a generator: it validates its input, yields :class:`Script` / :class:`Command` / :class:`Batch`
+requests, receives each Redis reply through ``send()``, and returns the result (or raises a ``VpetlError``).
+``AdapterStore`` drives it with blocking calls, ``AsyncAdapterStore`` with awaits; neither holds any logic of its
+own, so they cannot drift. Requests name every key they touch, and only a :class:`Batch` spans slots (see ``keys``).
 Validation happens before the first yield: a bad task name is refused before Redis is touched.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vpetl.errors import InvalidRequest, UnknownTask, UnknownVersion
+from vpetl.protocol import is_valid_task_name
 from vpetl.store import _scripts as lua
 from vpetl.store import keys as k
 from vpetl.store.records import (
@@ -28,12 +30,6 @@ from vpetl.store.records import (
 )
 
 T = TypeVar("T")
-
-# A blob is written with this TTL and made permanent by the publish script, so a publisher that dies between the
-# two leaves nothing behind; an hour is far longer than the gap between the two calls.
-PENDING_BLOB_TTL_S = 3600
-# Publish re-writes the blob when a concurrent delete of another task freed it in between (rare; bounded).
-PUBLISH_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,24 @@ class Command:
     args: tuple[str | bytes | int, ...]
 
 
-Request = Script | Command
+@dataclass(frozen=True)
+class Batch:
+    """Run these requests in one non-transactional pipeline (one round trip per node; on a cluster the requests
+    may touch different slots); the reply is the list of their replies. Scripts in a batch run as EVAL with their
+    source, which a cluster pipeline can route and which never fails with NOSCRIPT."""
+
+    requests: tuple[Script | Command, ...]
+
+
+Request = Script | Command | Batch
 Op = Generator[Request, Any, T]
+
+
+def redis_args(request: Script | Command) -> tuple[str | bytes | int, ...]:
+    """The raw command of a request (a script as EVAL with its source)."""
+    if isinstance(request, Script):
+        return ("EVAL", lua.ADAPTER_SCRIPTS[request.name], len(request.keys), *request.keys, *request.args)
+    return request.args
 
 
 def check_version(version: object) -> int:
@@ -74,7 +86,9 @@ def _raise_status(status: int, task: str, version: int | None) -> None:
 
 
 def publish(task: str, data: bytes, meta: Mapping[str, Any]) -> Op[VersionRecord]:
-    """Blob first (SET NX, content-addressed), then one script: version = latest+1, record, pointer, event."""
+    """One script writes bytes, record and pointer (version = latest+1) and publishes the event; the task index
+    is updated before it (a failed publish leaves a name readers skip) and after it (a concurrent delete may have
+    removed the name in between)."""
     k.check_task(task)
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise InvalidRequest("adapter data must be non-empty bytes")
@@ -82,17 +96,16 @@ def publish(task: str, data: bytes, meta: Mapping[str, Any]) -> Op[VersionRecord
     sha256 = hashlib.sha256(data).hexdigest()  # computed here: a caller's claim is never trusted for the key
     now = utc_now()
     body = record_body(task, sha256, len(data), now, meta)
-    script = Script(
+    yield Command(("SADD", k.TASKS, task))
+    reply = yield Script(
         "publish",
-        (k.task_key(task), k.versions_key(task), k.TASKS, k.blob_key(sha256), k.blobrefs_key(sha256)),
-        (task, body, now, sha256, k.EVENTS_CHANNEL),
+        (k.task_key(task), k.versions_key(task), k.blobs_key(task)),
+        (task, body, now, sha256, k.EVENTS_CHANNEL, data),
     )
-    for _ in range(PUBLISH_ATTEMPTS):
-        yield Command(("SET", k.blob_key(sha256), data, "NX", "EX", PENDING_BLOB_TTL_S))
-        reply = yield script
-        if int(reply[0]) == lua.OK:
-            return parse_record(reply[1])
-    raise StoreError(f"publishing {task!r}: the blob {sha256[:12]} kept disappearing (concurrent deletes)")
+    yield Command(("SADD", k.TASKS, task))
+    if int(reply[0]) != lua.OK:
+        raise StoreError(f"unexpected publish script status {reply[0]!r}")
+    return parse_record(reply[1])
 
 
 def get(task: str, version: int | None, with_blob: bool) -> Op[tuple[VersionRecord, bytes | None]]:
@@ -102,8 +115,8 @@ def get(task: str, version: int | None, with_blob: bool) -> Op[tuple[VersionReco
         check_version(version)
     reply = yield Script(
         "get",
-        (k.task_key(task), k.versions_key(task)),
-        ("" if version is None else version, "1" if with_blob else "0", k.BLOB_PREFIX),
+        (k.task_key(task), k.versions_key(task), k.blobs_key(task)),
+        ("" if version is None else version, "1" if with_blob else "0"),
     )
     if int(reply[0]) != lua.OK:
         _raise_status(int(reply[0]), task, version)
@@ -111,18 +124,19 @@ def get(task: str, version: int | None, with_blob: bool) -> Op[tuple[VersionReco
     return record, (reply[2] if with_blob else None)
 
 
-def get_blob(sha256: str) -> Op[bytes | None]:
-    """Artifact bytes by content hash, or ``None``."""
+def get_blob(task: str, sha256: str) -> Op[bytes | None]:
+    """Artifact bytes of one of the task's versions by content hash, or ``None``."""
+    k.check_task(task)
     k.check_sha256(sha256)
-    return (yield Command(("GET", k.blob_key(sha256))))
+    return (yield Command(("HGET", k.blobs_key(task), sha256)))
 
 
 def get_pointers(tasks: Iterable[str]) -> Op[dict[str, int | None]]:
-    """Current version of each task (``None`` for a task that does not exist), in one round trip."""
+    """Current version of each task (``None`` for a task that does not exist), in one pipelined round trip."""
     names = list(dict.fromkeys(k.check_task(t) for t in tasks))
     if not names:
         return {}
-    reply = yield Script("get_pointers", tuple(k.task_key(t) for t in names))
+    reply = yield Batch(tuple(Command(("HGET", k.task_key(t), "current")) for t in names))
     return {t: parse_int(v) for t, v in zip(names, reply, strict=True)}
 
 
@@ -136,9 +150,14 @@ def history(task: str) -> Op[list[VersionRecord]]:
 
 
 def list_tasks() -> Op[list[TaskSummary]]:
-    """Every task with its pointers and current record, sorted by name."""
-    reply = yield Script("list_tasks", (k.TASKS,), (k.TASK_PREFIX, k.VERSIONS_PREFIX))
-    return sorted((parse_summary(row) for row in reply), key=lambda s: s.task)
+    """Every task with its pointers and current record, sorted by name (each task read atomically; the index may
+    name tasks that no longer exist, and those are skipped)."""
+    members = yield Command(("SMEMBERS", k.TASKS))
+    names = sorted(n for n in (_text(m) for m in members) if is_valid_task_name(n))
+    if not names:
+        return []
+    rows = yield Batch(tuple(Script("summary", (k.task_key(t), k.versions_key(t))) for t in names))
+    return [parse_summary([t, *row]) for t, row in zip(names, rows, strict=True) if row]
 
 
 def rollback(task: str, version: int) -> Op[VersionRecord]:
@@ -156,13 +175,22 @@ def rollback(task: str, version: int) -> Op[VersionRecord]:
 
 
 def delete(task: str) -> Op[dict[str, int]]:
-    """Remove the task's pointer and versions, and the blobs no other task references; event ``delete``."""
+    """Remove the task's pointer, versions and bytes (event ``delete``), then its index entry."""
     k.check_task(task)
     reply = yield Script(
         "delete",
-        (k.task_key(task), k.versions_key(task), k.TASKS),
-        (task, k.EVENTS_CHANNEL, k.BLOB_PREFIX, k.BLOBREFS_PREFIX),
+        (k.task_key(task), k.versions_key(task), k.blobs_key(task)),
+        (task, k.EVENTS_CHANNEL),
     )
+    # the index entry goes after the data (a crash in between leaves a name readers skip); a publish that
+    # re-created the task meanwhile may have SADDed before our SREM, so look again and put it back
+    yield Command(("SREM", k.TASKS, task))
+    if int((yield Command(("HEXISTS", k.task_key(task), "current")))):
+        yield Command(("SADD", k.TASKS, task))
     if int(reply[0]) != lua.OK:
         _raise_status(int(reply[0]), task, None)
     return {"versions": int(reply[1]), "blobs_freed": int(reply[2])}
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw

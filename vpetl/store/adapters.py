@@ -3,15 +3,18 @@
 Both run the same operations from ``_ops`` (key layout in ``keys``, Lua in ``_scripts``, records in ``records``);
 they differ only in whether a Redis call blocks or is awaited. Guarantees:
 
-- a version's bytes never change: blobs are content-addressed (``vpetl:blob:<sha256>``, SET NX) and a version
-  record is written once; publishing the same bytes again makes a new version with the same sha256;
-- publish writes the blob first, then one atomic script allocates ``latest + 1``, writes the record and moves the
-  ``current`` pointer, so a reader never sees a pointer whose record or blob is missing;
+- a version's bytes never change: blobs are content-addressed within the task (``vpetl:{<task>}:blobs``, field
+  sha256, written once) and a version record is written once; publishing the same bytes again makes a new version
+  with the same sha256;
+- publish is one atomic script that stores the bytes, allocates ``latest + 1``, writes the record and moves the
+  ``current`` pointer last, so a reader never sees a pointer whose record or bytes are missing;
 - every publish / rollback / delete PUBLISHes ``{"event", "task", "version", "sha256"}`` on ``vpetl:events`` from
   inside that script (subscribers hear of a change only once it is visible). Pub/sub is at-most-once: servers also
   re-check pointers with :meth:`AdapterStore.get_pointers`;
 - version numbers are never reused, even after a delete, so ``(task, version)`` names one artifact forever.
 
+All of one task's keys share a hash tag, so each operation on a task is one script on one slot and the same code
+runs on a standalone Redis and on Redis Cluster (URL schemes in ``vpetl.store.clients``; layout in ``keys``).
 A client built from a URL retries connection errors with a short backoff, so the store survives a Redis restart.
 A retried publish whose first attempt did run on the server makes one extra version (same bytes): harmless.
 """
@@ -26,49 +29,24 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-import redis.retry
-from redis.backoff import ExponentialWithJitterBackoff
+import redis.asyncio.cluster
 
 from vpetl.store import _ops
 from vpetl.store import keys as k
-from vpetl.store._ops import Op, Request, Script
+from vpetl.store._ops import Batch, Op, Request, Script, redis_args
 from vpetl.store._scripts import ADAPTER_SCRIPTS
+from vpetl.store.clients import AsyncClient, SyncClient, async_redis_client, is_binary, redis_client
 from vpetl.store.records import TaskSummary, VersionRecord, parse_event
+
+__all__ = ["AdapterStore", "AsyncAdapterStore", "EventStream", "async_redis_client", "redis_client"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Backoff 50 ms doubling to 1 s, 8 retries: rides out a Redis restart (≈3 s) without hanging a request for long.
-RETRIES = 8
-SOCKET_TIMEOUT_S = 10.0  # an artifact read of a few hundred MB on loopback takes well under this
-CONNECT_TIMEOUT_S = 5.0
 
-
-def _client_options() -> dict[str, Any]:
-    return {
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "decode_responses": False,  # blobs are bytes
-    }
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A blocking redis-py client for ``url`` (``redis://``, ``rediss://``, ``unix://``) that retries on
-    connection errors, so it reconnects after a Redis restart."""
-    retry = redis.retry.Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES)
-    return redis.Redis.from_url(url, retry=retry, **_client_options())
-
-
-def async_redis_client(url: str) -> redis.asyncio.Redis:
-    """The asyncio counterpart of :func:`redis_client`."""
-    retry = redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES)
-    return redis.asyncio.Redis.from_url(url, retry=retry, **_client_options())
-
-
-def _check_binary(client: redis.Redis | redis.asyncio.Redis) -> None:
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+def _check_binary(client: SyncClient | AsyncClient) -> None:
+    if not is_binary(client):
         raise ValueError("the adapter store needs a Redis client with decode_responses=False (blobs are bytes)")
 
 
@@ -76,18 +54,24 @@ class AdapterStore:
     """Blocking adapter store (training worker, CLI, tests; the server uses :class:`AsyncAdapterStore`).
 
     Args:
-        client: a Redis URL (the store then owns and closes its client) or a ``redis.Redis`` to share.
+        client: a Redis URL (the store then owns and closes its client; see ``vpetl.store.clients`` for the
+            schemes, Redis Cluster included) or a ``redis.Redis`` / ``redis.cluster.RedisCluster`` to share.
     """
 
-    def __init__(self, client: str | redis.Redis) -> None:
+    def __init__(self, client: str | SyncClient) -> None:
         self._owns_client = isinstance(client, str)
-        self.redis: redis.Redis = redis_client(client) if isinstance(client, str) else client
+        self.redis: SyncClient = redis_client(client) if isinstance(client, str) else client
         _check_binary(self.redis)
         self._scripts = {name: self.redis.register_script(src) for name, src in ADAPTER_SCRIPTS.items()}
 
     def _execute(self, request: Request) -> Any:
         if isinstance(request, Script):
             return self._scripts[request.name](keys=request.keys, args=request.args)
+        if isinstance(request, Batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for item in request.requests:
+                pipe.execute_command(*redis_args(item))
+            return pipe.execute()
         return self.redis.execute_command(*request.args)
 
     def _run(self, op: Op[T]) -> T:
@@ -128,9 +112,9 @@ class AdapterStore:
         assert blob is not None  # the script returns the blob or an error status
         return record, blob
 
-    def get_blob(self, sha256: str) -> bytes | None:
-        """Artifact bytes by sha256, or ``None`` if no version references (or is publishing) them."""
-        return self._run(_ops.get_blob(sha256))
+    def get_blob(self, task: str, sha256: str) -> bytes | None:
+        """Artifact bytes by sha256 among the task's versions, or ``None`` if none of them has these bytes."""
+        return self._run(_ops.get_blob(task, sha256))
 
     def list_tasks(self) -> list[TaskSummary]:
         """Every task with its current version record, sorted by name."""
@@ -145,7 +129,7 @@ class AdapterStore:
         return self._run(_ops.rollback(task, version))
 
     def delete(self, task: str) -> dict[str, int]:
-        """Remove the task, its versions and the blobs no other task uses (event ``delete``).
+        """Remove the task, its versions and their bytes (event ``delete``).
 
         Returns ``{"versions": removed, "blobs_freed": n}``. Raises UnknownTask.
         """
@@ -175,18 +159,24 @@ class AsyncAdapterStore:
     :meth:`subscribe_events`.
 
     Args:
-        client: a Redis URL (the store then owns and closes its client) or a ``redis.asyncio.Redis`` to share.
+        client: a Redis URL (the store then owns and closes its client) or a ``redis.asyncio.Redis`` /
+            ``redis.asyncio.cluster.RedisCluster`` to share.
     """
 
-    def __init__(self, client: str | redis.asyncio.Redis) -> None:
+    def __init__(self, client: str | AsyncClient) -> None:
         self._owns_client = isinstance(client, str)
-        self.redis: redis.asyncio.Redis = async_redis_client(client) if isinstance(client, str) else client
+        self.redis: AsyncClient = async_redis_client(client) if isinstance(client, str) else client
         _check_binary(self.redis)
         self._scripts = {name: self.redis.register_script(src) for name, src in ADAPTER_SCRIPTS.items()}
 
     async def _execute(self, request: Request) -> Any:
         if isinstance(request, Script):
             return await self._scripts[request.name](keys=request.keys, args=request.args)
+        if isinstance(request, Batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for item in request.requests:
+                pipe.execute_command(*redis_args(item))
+            return await pipe.execute()
         return await self.redis.execute_command(*request.args)
 
     async def _run(self, op: Op[T]) -> T:
@@ -219,9 +209,9 @@ class AsyncAdapterStore:
         assert blob is not None
         return record, blob
 
-    async def get_blob(self, sha256: str) -> bytes | None:
+    async def get_blob(self, task: str, sha256: str) -> bytes | None:
         """See :meth:`AdapterStore.get_blob`."""
-        return await self._run(_ops.get_blob(sha256))
+        return await self._run(_ops.get_blob(task, sha256))
 
     async def list_tasks(self) -> list[TaskSummary]:
         """See :meth:`AdapterStore.list_tasks`."""
@@ -272,13 +262,19 @@ class AsyncAdapterStore:
 class EventStream:
     """A subscription to ``vpetl:events`` yielding event dicts (see :meth:`AsyncAdapterStore.subscribe_events`)."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: AsyncClient) -> None:
+        # On a cluster this is redis-py's ClusterPubSub on one node: a classic PUBLISH reaches every node of the
+        # cluster, so any node hears every event.
+        self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._subscribed = False
 
     async def subscribe(self) -> None:
         """Start listening (idempotent); events published before this are not delivered."""
         if not self._subscribed:
+            if isinstance(self._client, redis.asyncio.cluster.RedisCluster):
+                # the async ClusterPubSub picks its node from the slot map, which a fresh client has not loaded yet
+                await self._client.initialize()
             await self._pubsub.subscribe(k.EVENTS_CHANNEL)
             self._subscribed = True
 

@@ -127,10 +127,14 @@ class ClipStore:
             created_at=datetime.now(timezone.utc),
         )
         wrote = _write_atomic(path, data)
+        # the task index is another slot (Redis Cluster): SADD before the script (a crash leaves a name tasks()
+        # skips) and after it (a concurrent delete_task may have removed the name in between)
+        self.redis.sadd(k.CLIP_TASKS, task)
         added, stored = self._add(
-            keys=(k.clips_key(task), k.clip_counts_key(task), k.CLIP_TASKS),
-            args=(sha256, record.model_dump_json(exclude={"duplicate"}), f"{split}/{label}", task),
+            keys=(k.clips_key(task), k.clip_counts_key(task)),
+            args=(sha256, record.model_dump_json(exclude={"duplicate"}), f"{split}/{label}"),
         )
+        self.redis.sadd(k.CLIP_TASKS, task)
         if int(added):
             return record
         # lost a race with a concurrent upload of the same bytes: keep its record, drop our copy if it differs
@@ -172,12 +176,22 @@ class ClipStore:
 
     def tasks(self) -> list[str]:
         """Tasks with at least one clip, sorted."""
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in self.redis.smembers(k.CLIP_TASKS))
+        names = sorted(m.decode() if isinstance(m, bytes) else m for m in self.redis.smembers(k.CLIP_TASKS))
+        # the index may name a task whose clips are gone (a crash after delete_task's script): skip those
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(k.clips_key(name))
+        return [name for name, present in zip(names, pipe.execute() if names else [], strict=True) if present]
 
     def delete_task(self, task: str) -> int:
         """Remove a task's clip index, counts and files. Returns the number of clips the index held."""
         k.check_task(task)
-        removed = int(self._delete(keys=(k.clips_key(task), k.clip_counts_key(task), k.CLIP_TASKS), args=(task,)))
+        removed = int(self._delete(keys=(k.clips_key(task), k.clip_counts_key(task))))
+        # the index entry goes after the clips; an upload that re-created them meanwhile may have SADDed before our
+        # SREM, so look again and put it back
+        self.redis.srem(k.CLIP_TASKS, task)
+        if self.redis.exists(k.clips_key(task)):
+            self.redis.sadd(k.CLIP_TASKS, task)
         # index first, files second: a listing made after this call names no file that is being removed
         task_dir = self.root / task
         if task_dir.is_dir() and not task_dir.is_symlink():

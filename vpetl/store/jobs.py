@@ -1,6 +1,7 @@
-"""Training jobs on a Redis stream with a consumer group (``vpetl:jobs``, group ``workers``).
+"""Training jobs on a Redis stream with a consumer group (``vpetl:{jobs}:stream``, group ``workers``).
 
-- ``submit`` writes the job record (``vpetl:job:{id}`` hash: state, params, progress, result) and then XADDs its id;
+- ``submit`` writes the job record (``vpetl:{jobs}:job:<id>`` hash: state, params, progress, result) and then XADDs
+  its id, in one MULTI/EXEC: every job key shares the ``{jobs}`` hash tag, so this works on Redis Cluster too;
 - a worker reads with XREADGROUP, marks the job running, reports progress into the record, and XACKs LAST — after
   the adapter is published (or the job has failed for good);
 - a worker that dies mid-job leaves the entry pending; another worker takes it over with XAUTOCLAIM once it has
@@ -22,10 +23,12 @@ import redis
 
 from vpetl.errors import InvalidRequest, VpetlError
 from vpetl.protocol import is_valid_task_name
+from vpetl.store.clients import SyncClient
+from vpetl.store.keys import JOB_INDEX, JOB_STREAM, job_key
 
-STREAM = "vpetl:jobs"
+STREAM = JOB_STREAM
 GROUP = "workers"
-INDEX = "vpetl:jobs:index"
+INDEX = JOB_INDEX
 STATES = ("queued", "running", "succeeded", "failed")
 
 
@@ -63,10 +66,6 @@ class UnknownJob(VpetlError):
     http_status = 404
 
 
-def job_key(job_id: str) -> str:
-    return f"vpetl:job:{job_id}"
-
-
 def _now() -> float:
     return round(time.time(), 3)
 
@@ -74,7 +73,7 @@ def _now() -> float:
 class JobQueue:
     """Sync job queue (the server calls it from a worker thread; the training worker uses it directly)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: SyncClient) -> None:
         self.redis = client
 
     # -------------------------------------------------------------------------------------------------- producer

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from vpetl.errors import InvalidRequest, UnknownTask, UnknownVersion
 from vpetl.store import AdapterStore, AsyncAdapterStore, EmbeddedRedis, TaskSummary, VersionRecord, _ops
 from vpetl.store import keys as k
+from vpetl.store.clients import SyncClient, redis_client, split_cluster_url
 
 META = {
     "method": "patt",
@@ -35,9 +36,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def all_keys(client: SyncClient) -> list[bytes]:
+    """Every key, sorted (on a cluster: gathered from every master, not just the default node)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return sorted(client.keys("*", target_nodes=redis.cluster.RedisCluster.PRIMARIES))
+    return sorted(client.keys("*"))
+
+
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def raw(redis_url: str) -> Iterator[SyncClient]:
+    client = redis_client(redis_url)  # a cluster client on the cluster run
     yield client
     client.close()
 
@@ -63,7 +71,7 @@ def test_publish_get_history_list(store: AdapterStore) -> None:
     assert store.get_record("gestures", 1) == r1
     assert store.get_bytes("gestures") == (r2, b"v2-bytes")
     assert store.get_bytes("gestures", 1) == (r1, b"v1-bytes")
-    assert store.get_blob(r1.sha256) == b"v1-bytes"
+    assert store.get_blob("gestures", r1.sha256) == b"v1-bytes"
     assert store.history("gestures") == [r1, r2]
 
     store.publish("other", b"o", {"method": "lora"})
@@ -109,7 +117,7 @@ BAD_PUBLISH_INPUT = [
 ]
 
 
-def test_publish_rejects_bad_input(store: AdapterStore, raw: redis.Redis) -> None:
+def test_publish_rejects_bad_input(store: AdapterStore, raw: SyncClient) -> None:
     for data, meta in BAD_PUBLISH_INPUT:
         with pytest.raises(InvalidRequest):
             store.publish("t1", data, meta)  # type: ignore[arg-type]
@@ -117,14 +125,20 @@ def test_publish_rejects_bad_input(store: AdapterStore, raw: redis.Redis) -> Non
 
 
 def test_client_with_decoded_responses_is_refused(redis_url: str) -> None:
+    if redis_url.startswith("redis+cluster://"):
+        host, port = split_cluster_url(redis_url)[1][0]
+        client: SyncClient = redis.cluster.RedisCluster(host=host, port=port, decode_responses=True)
+    else:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses"):
-        AdapterStore(redis.Redis.from_url(redis_url, decode_responses=True))
+        AdapterStore(client)
+    client.close()
 
 
 # ------------------------------------------------------------------------------------------------ immutability
 
 
-def test_versions_are_immutable_and_republish_makes_a_new_version(store: AdapterStore, raw: redis.Redis) -> None:
+def test_versions_are_immutable_and_republish_makes_a_new_version(store: AdapterStore, raw: SyncClient) -> None:
     a, b = b"A" * 100, b"B" * 100
     v1 = store.publish("t1", a, META)
     v2 = store.publish("t1", b, META)
@@ -135,45 +149,95 @@ def test_versions_are_immutable_and_republish_makes_a_new_version(store: Adapter
     assert store.get_bytes("t1", 1) == (v1, a)
     assert store.get_bytes("t1", 2) == (v2, b)
     assert store.get_bytes("t1", 3) == (v3, a)
-    assert len(raw.keys(k.BLOB_PREFIX + "*")) == 2  # content-addressed: one blob per distinct artifact
-    assert raw.ttl(k.blob_key(v1.sha256)) == -1  # referenced blobs never expire
+    assert raw.hlen(k.blobs_key("t1")) == 2  # content-addressed: one blob per distinct artifact of the task
 
     v4 = store.publish("t1", a, META)  # re-publishing the current version's bytes is allowed too
     assert (v4.version, v4.sha256) == (4, v3.sha256)
     assert store.get_record("t1", 1) == v1  # earlier records untouched
 
 
-def test_abandoned_publish_leaves_an_expiring_blob_only(store: AdapterStore, raw: redis.Redis) -> None:
-    """A publisher that dies after writing the blob leaves no task and a blob that expires by itself."""
+def test_abandoned_publish_leaves_only_an_index_name_that_readers_skip(store: AdapterStore, raw: SyncClient) -> None:
+    """A publisher that dies after its first request (the index SADD) leaves no task: nothing half-written, and the
+    stale index name is skipped by list_tasks."""
     op = _ops.publish("t1", b"orphan", META)
     first = next(op)
-    assert isinstance(first, _ops.Command)
-    raw.execute_command(*first.args)  # the blob write ... and then the publisher "dies"
+    assert isinstance(first, _ops.Command) and first.args[0] == "SADD"
+    raw.execute_command(*first.args)  # ... and then the publisher "dies"
     op.close()
 
-    blob = k.blob_key(sha(b"orphan"))
-    assert 0 < raw.ttl(blob) <= _ops.PENDING_BLOB_TTL_S
+    assert raw.smembers(k.TASKS) == {b"t1"}
     assert store.get_pointer("t1") is None and store.list_tasks() == []
-    store.publish("t1", b"orphan", META)
-    assert raw.ttl(blob) == -1
+    assert not raw.exists(k.blobs_key("t1"), k.versions_key("t1"))
+    assert store.publish("t1", b"orphan", META).version == 1
+    assert [t.task for t in store.list_tasks()] == ["t1"]
 
 
-def test_publish_rewrites_a_blob_deleted_under_it(store: AdapterStore, raw: redis.Redis) -> None:
-    """If a concurrent delete frees the blob between the write and the script, publish writes it again."""
-    op = _ops.publish("t1", b"racy", META)
-    reply = raw.execute_command(*next(op).args)
-    raw.delete(k.blob_key(sha(b"racy")))  # the concurrent delete
-    script = op.send(reply)
-    status = store._scripts[script.name](keys=script.keys, args=script.args)
-    assert int(status[0]) == 0  # the script refused: no pointer to a missing blob
-    again = op.send(status)
-    assert isinstance(again, _ops.Command)  # ... and the op re-writes the blob
-    raw.execute_command(*again.args)
-    script = op.send(None)
+def _step(store: AdapterStore, op: _ops.Op, reply: object = None) -> object:
+    """Run the op's next request on the store's Redis and return its reply (StopIteration at the end)."""
+    return store._execute(op.send(reply))
+
+
+def test_index_stays_right_when_delete_races_publish(store: AdapterStore) -> None:
+    """The worst interleaving for the index (another slot than the task): publish's first SADD, then the whole
+    delete, then publish's script. The task exists at the end, so the index must still name it."""
+    store.publish("t1", b"one", META)
+    pub = _ops.publish("t1", b"two", META)
+    sadd = _step(store, pub)  # publish: SADD tasks
+    store.delete("t1")  # delete: script, SREM, re-check (no pointer yet), done
+    reply = _step(store, pub, sadd)  # publish: the script re-creates the task (version 2: never reused)
     with pytest.raises(StopIteration) as done:
-        op.send(store._scripts[script.name](keys=script.keys, args=script.args))
-    assert done.value.value.version == 1
-    assert store.get_bytes("t1") == (done.value.value, b"racy")
+        _step(store, pub, _step(store, pub, reply))  # publish: second SADD, then it returns
+    assert done.value.value.version == 2
+    assert [(t.task, t.version) for t in store.list_tasks()] == [("t1", 2)]
+
+    # the other order: delete's SREM lands after publish's second SADD; its re-check puts the name back
+    delete = _ops.delete("t1")
+    reply = _step(store, delete)  # delete: script
+    store.publish("t1", b"three", META)  # SADD, script, SADD
+    reply = _step(store, delete, _step(store, delete, reply))  # SREM, re-check: the pointer is back
+    assert store.list_tasks() == []  # the moment the index misses the task (a name is SADDed back next) ...
+    with pytest.raises(StopIteration):
+        _step(store, delete, _step(store, delete, reply))  # SADD back, then it returns
+    assert [(t.task, t.version) for t in store.list_tasks()] == [("t1", 3)]
+
+
+def test_every_request_of_one_task_stays_in_one_slot() -> None:
+    """What Redis Cluster needs: every script names all its keys, and they hash to one slot (the task's tag)."""
+    from redis.crc import key_slot
+
+    ops = [
+        _ops.publish("t1", b"x", META),
+        _ops.get("t1", None, with_blob=True),
+        _ops.get("t1", 2, with_blob=False),
+        _ops.history("t1"),
+        _ops.rollback("t1", 1),
+        _ops.delete("t1"),
+        _ops.list_tasks(),
+        _ops.get_pointers(["t1", "t2"]),
+    ]
+    for op in ops:
+        request = next(op)
+        while True:
+            items = request.requests if isinstance(request, _ops.Batch) else (request,)
+            for item in items:
+                if isinstance(item, _ops.Script):
+                    assert len({key_slot(key.encode()) for key in item.keys}) == 1, item.keys
+                    assert all(key.startswith("vpetl:{") for key in item.keys)
+            try:  # a plausible reply to go on with: "ok" for scripts, a present pointer / a task name otherwise
+                request = op.send(_fake_reply(request))
+            except (StopIteration, Exception):
+                break
+    assert key_slot(k.task_key("t1").encode()) == key_slot(k.blobs_key("t1").encode()) == key_slot(b"t1")
+    assert key_slot(k.clips_key("t1").encode()) == key_slot(k.clip_counts_key("t1").encode()) == key_slot(b"t1")
+    assert len({key_slot(key.encode()) for key in (k.JOB_STREAM, k.JOB_INDEX, k.job_key("0" * 16))}) == 1
+
+
+def _fake_reply(request: _ops.Request) -> object:
+    if isinstance(request, _ops.Batch):
+        return [None] * len(request.requests)
+    if isinstance(request, _ops.Script):
+        return [0]
+    return {b"t1"} if request.args[0] == "SMEMBERS" else 1
 
 
 def test_reader_never_sees_a_pointer_without_record_or_blob(store: AdapterStore, redis_url: str) -> None:
@@ -183,7 +247,7 @@ def test_reader_never_sees_a_pointer_without_record_or_blob(store: AdapterStore,
     seen: set[int] = set()
 
     def reader() -> None:
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client(redis_url)
         reader_store = AdapterStore(client)
         try:
             while not stop.is_set():
@@ -193,7 +257,7 @@ def test_reader_never_sees_a_pointer_without_record_or_blob(store: AdapterStore,
                     if record is None:
                         problems.append(f"pointer {pointer!r} without record")
                         continue
-                    if client.get(k.blob_key(json.loads(record)["sha256"])) is None:
+                    if client.hget(k.blobs_key("busy"), json.loads(record)["sha256"]) is None:
                         problems.append(f"pointer {pointer!r} without blob")
                     seen.add(int(pointer))
                     rec, data = reader_store.get_bytes("busy")
@@ -261,9 +325,9 @@ def test_unknown_task_and_version(store: AdapterStore) -> None:
         with pytest.raises(UnknownVersion) as vinfo:
             call()
         assert vinfo.value.code == "unknown_version"
-    assert store.get_blob("f" * 64) is None
+    assert store.get_blob("t1", "f" * 64) is None
     with pytest.raises(InvalidRequest):
-        store.get_blob("../x")
+        store.get_blob("t1", "../x")
 
 
 def _every_call(store: AdapterStore, name: object) -> list:
@@ -280,45 +344,46 @@ def _every_call(store: AdapterStore, name: object) -> list:
 
 
 @pytest.mark.parametrize("name", [*BAD_TASK_NAMES, None, 3])
-def test_bad_task_names_are_refused_before_redis(name: object, store: AdapterStore, raw: redis.Redis) -> None:
+def test_bad_task_names_are_refused_before_redis(name: object, store: AdapterStore, raw: SyncClient) -> None:
     store.publish("good", b"g", META)
-    before = {key: raw.dump(key) for key in raw.keys("*")}
+    before = {key: raw.dump(key) for key in all_keys(raw)}
+    assert len(before) == 4  # pointer, versions and bytes of "good", and the task index
     # a store whose Redis does not exist: any call reaching it would raise ConnectionError, not InvalidRequest
     offline = AdapterStore(redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0)))
     for calls in (_every_call(store, name), _every_call(offline, name)):
         for call in calls:
             with pytest.raises(InvalidRequest, match="invalid task name"):
                 call()
-    assert {key: raw.dump(key) for key in raw.keys("*")} == before
+    assert {key: raw.dump(key) for key in all_keys(raw)} == before
 
 
 # ------------------------------------------------------------------------------------------------ delete
 
 
-def test_delete_frees_unreferenced_blobs_and_keeps_shared_ones(store: AdapterStore, raw: redis.Redis) -> None:
+def test_delete_frees_the_tasks_blobs_and_leaves_other_tasks_alone(store: AdapterStore, raw: SyncClient) -> None:
     only_a, shared = b"only in a", b"shared by a and b"
     store.publish("a", only_a, META)
     store.publish("a", shared, META)
+    store.publish("a", shared, META)  # same bytes again: stored once within the task
     rb = store.publish("b", shared, META)
 
-    assert store.delete("a") == {"versions": 2, "blobs_freed": 1}
-    assert raw.get(k.blob_key(sha(only_a))) is None
-    assert raw.get(k.blob_key(sha(shared))) == shared
-    assert raw.smembers(k.blobrefs_key(sha(shared))) == {b"b"}
-    assert not raw.exists(k.versions_key("a"))
+    assert store.delete("a") == {"versions": 3, "blobs_freed": 2}
+    assert not raw.exists(k.blobs_key("a"), k.versions_key("a"))
+    assert raw.hgetall(k.blobs_key("b")) == {sha(shared).encode(): shared}  # b has its own copy
     assert store.get_pointer("a") is None
     assert [t.task for t in store.list_tasks()] == ["b"]
+    assert raw.smembers(k.TASKS) == {b"b"}
     assert store.get_bytes("b") == (rb, shared)
     with pytest.raises(UnknownTask):
         store.get_record("a")
 
     # a re-created task never reuses a version number: (task, version) names one artifact forever
-    assert store.publish("a", b"new a", META).version == 3
-    assert [r.version for r in store.history("a")] == [3]
+    assert store.publish("a", b"new a", META).version == 4
+    assert [r.version for r in store.history("a")] == [4]
 
     store.delete("a")
     store.delete("b")
-    assert raw.keys(k.BLOB_PREFIX + "*") == [] and raw.keys(k.BLOBREFS_PREFIX + "*") == []
+    assert all_keys(raw) == [k.task_key("a").encode(), k.task_key("b").encode()]  # only 'latest' stays
     assert store.list_tasks() == []
 
 
@@ -347,7 +412,7 @@ def test_events_follow_publish_rollback_delete(redis_url: str) -> None:
     ]
 
 
-def test_event_stream_skips_foreign_messages(redis_url: str, raw: redis.Redis) -> None:
+def test_event_stream_skips_foreign_messages(redis_url: str, raw: SyncClient) -> None:
     async def main() -> dict | None:
         async with AsyncAdapterStore(redis_url) as store, store.subscribe_events() as events:
             raw.publish(k.EVENTS_CHANNEL, b"not json")
@@ -383,7 +448,7 @@ def test_async_store_matches_sync_store(redis_url: str, store: AdapterStore) -> 
             assert await astore.get_record("t1", 1) == r1
             assert await astore.get_pointer("t1") == 1
             assert await astore.get_pointers(["t1", "t2"]) == {"t1": 1, "t2": None}
-            assert await astore.get_blob(r1.sha256) == b"one"
+            assert await astore.get_blob("t1", r1.sha256) == b"one"
             assert [t.task for t in await astore.list_tasks()] == ["t1"]
             await astore.publish("t1", b"two", META)
             assert (await astore.rollback("t1", 1)).version == 1

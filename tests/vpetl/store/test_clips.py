@@ -13,11 +13,12 @@ import redis
 from vpetl.errors import InvalidRequest, TooLarge
 from vpetl.store import ClipStore, is_valid_label
 from vpetl.store import keys as k
+from vpetl.store.adapters import redis_client
 
 
 @pytest.fixture
 def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)  # standalone or cluster, whichever redis_url names
     yield client
     client.close()
 
