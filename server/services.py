@@ -169,7 +169,9 @@ def create_services(settings: Settings, *, with_backbone: bool = True) -> Servic
             identity = found
         metrics = Metrics()
         store = AsyncAdapterStore(url)
-        clips = ClipStore(settings.data_dir, client, max_bytes=settings.max_upload_bytes)
+        clips = ClipStore(
+            settings.data_dir, client, max_bytes=settings.max_upload_bytes, store_url=settings.clip_store
+        )
         jobs = JobQueue(client)
         predictor: Engine | None = None
         if bank is not None:

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     engine: Literal["local", "ray"] = "local"
     redis_url: str | None = Field(None, description="Redis URL; unset = embedded redis-server under data_dir")
     data_dir: Path = Field(Path(".vpetl"), description="embedded Redis, clip store, backbone cache")
+    clip_store: str | None = Field(
+        None,
+        description="where uploaded clip bytes live: a local path or fsspec URL (s3://bucket/prefix, gs://…) that "
+        "every API and worker process shares; unset = data_dir/clips. S3 endpoint and credentials: the standard "
+        "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables (or ~/.aws, an instance role)",
+    )
     admin_token: str | None = Field(None, description="bearer token for write routes")
     backbone: str = "vpetl-demo"
     checkpoint: Path | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vpetl.data.loader import ClipDataset
-from vpetl.data.readers import VideoDataset
+from vpetl.data.readers import ClipBlob, VideoDataset
 from vpetl.protocol import InputSpec
 
 Tensor = torch.Tensor
@@ -96,15 +97,19 @@ class ClipTensors:
         return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _clip_digest(clip: Path | ClipBlob) -> str:
+    if isinstance(clip, (str, os.PathLike)):
+        return hashlib.sha256(Path(clip).read_bytes()).hexdigest()
+    # a clip-store object is named by its sha256: no need to fetch it once more just to hash it
+    sha256 = getattr(clip, "sha256", None)
+    return sha256 if isinstance(sha256, str) else hashlib.sha256(clip.read_bytes()).hexdigest()
 
 
 def cache_key(dataset: VideoDataset, spec: InputSpec, *, train: bool, views: int | tuple[int, int], seed: int) -> str:
     """Hash of everything the tensors depend on: clip bytes, labels, classes, spec, views, seed."""
     payload = {
         "version": CACHE_VERSION,
-        "items": [[_file_digest(Path(it.path)), it.label] for it in dataset.items],
+        "items": [[_clip_digest(it.path), it.label] for it in dataset.items],
         "classes": list(dataset.classes),
         "spec": spec.model_dump(mode="json"),
         "train": train,

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from vpetl.backbones.base import Backbone
 from vpetl.data.readers import ClipItem, VideoDataset
 from vpetl.errors import DatasetError, UnknownTask, VpetlError
-from vpetl.store import AdapterStore, ClipStore
+from vpetl.store import AdapterStore, ClipStore, StoredClip
 from vpetl.store.jobs import JobQueue, job_params
 
 logger = logging.getLogger(__name__)
@@ -40,17 +39,20 @@ def _method_config(params: Mapping[str, Any]) -> Any:
 
 
 def task_datasets(clips: ClipStore, task: str) -> tuple[VideoDataset, VideoDataset]:
-    """Train/val datasets of a task's uploaded clips; classes are the sorted union of labels."""
+    """Train/val datasets of a task's uploaded clips; classes are the sorted union of labels.
+
+    Items are clip-store objects, fetched when decoded: the worker needs no local copy, so it may run on another
+    node than the API that stored them."""
     train = clips.list_clips(task, "train")
     val = clips.list_clips(task, "val")
     if not train:
         raise DatasetError(f"task {task!r} has no training clips: upload some with `vpetl-edge upload`")
-    classes = sorted({label for _, label in train + val})
+    classes = sorted({clip.label for clip in train + val})
     index = {c: i for i, c in enumerate(classes)}
     if not val:  # hold out every 5th clip of each class, deterministically
-        per_class: dict[str, list[tuple[Path, str]]] = {}
-        for item in sorted(train):
-            per_class.setdefault(item[1], []).append(item)
+        per_class: dict[str, list[StoredClip]] = {}
+        for item in sorted(train, key=lambda clip: (clip.label, clip.sha256)):
+            per_class.setdefault(item.label, []).append(item)
         train, val = [], []
         for items in per_class.values():
             # every 5th clip; a class with 2–5 clips still gives its last one (a single clip stays in train)
@@ -59,8 +61,8 @@ def task_datasets(clips: ClipStore, task: str) -> tuple[VideoDataset, VideoDatas
                 (val if j in held else train).append(item)
         if not val:  # too few clips to hold any out: evaluate on the training clips (optimistic, but defined)
             val = list(train)
-    make = lambda pairs, split: VideoDataset(  # noqa: E731
-        [ClipItem(Path(p), index[lbl]) for p, lbl in pairs], classes, split=split, layout="clip-store"
+    make = lambda items, split: VideoDataset(  # noqa: E731
+        [ClipItem(clip, index[clip.label]) for clip in items], classes, split=split, layout="clip-store"
     )
     return make(train, "train"), make(val, "val")
 
@@ -189,7 +191,8 @@ class Worker:
         correct = 0
         with torch.no_grad():
             for item in val.items:
-                x = torch.from_numpy(load_clip(item.path, self.backbone.input_spec)).unsqueeze(0)  # (1, C, T, H, W)
+                clip = load_clip(item.source(), self.backbone.input_spec)
+                x = torch.from_numpy(clip).unsqueeze(0)  # (1, C, T, H, W)
                 correct += int(model(x).argmax(-1).item() == item.label)
         return correct / max(1, len(val.items))
 

@@ -136,6 +136,10 @@ def serve(
     backbone: str | None = typer.Option(None, help="backbone name (default: vpetl-demo)"),
     checkpoint: Path | None = typer.Option(None, help="backbone checkpoint to load strictly"),
     data_dir: Path | None = typer.Option(None, help="embedded Redis, uploaded clips (default: .vpetl)"),
+    clip_store: str | None = typer.Option(
+        None, help="uploaded clips: a path or fsspec URL such as s3://bucket/prefix, shared with the workers "
+        "(default: DATA_DIR/clips)"
+    ),
     device: str | None = typer.Option(None, help="torch device (default: cpu)"),
     replicas: int | None = typer.Option(None, help="predictor replicas (ray engine) (default: 1)"),
     max_batch_size: int | None = typer.Option(None, help="clips per model batch (default: 8)"),
@@ -158,7 +162,7 @@ def serve(
     try:
         settings = get_settings(
             engine=engine, host=host, port=port, redis_url=redis_url, backbone=backbone, checkpoint=checkpoint,
-            data_dir=data_dir, device=device, replicas=replicas, max_batch_size=max_batch_size,
+            data_dir=data_dir, clip_store=clip_store, device=device, replicas=replicas, max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms, max_queue=max_queue, batch_policy=batch_policy, cache_mb=cache_mb,
             max_upload_mb=max_upload_mb, max_adapter_mb=max_adapter_mb, admin_token=admin_token,
         )  # fmt: skip

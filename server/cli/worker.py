@@ -15,7 +15,12 @@ from vpetl.errors import VpetlError
 def worker(
     redis_url: str = typer.Option(..., "--redis-url", envvar="VPETL_REDIS_URL", help="the server's Redis"),
     data_dir: Path = typer.Option(
-        Path(".vpetl"), "--data-dir", envvar="VPETL_DATA_DIR", help="where uploaded clips live (shared with the API)"
+        Path(".vpetl"), "--data-dir", envvar="VPETL_DATA_DIR", help="backbone cache; clips too unless --clip-store"
+    ),
+    clip_store: str | None = typer.Option(
+        None, "--clip-store", envvar="VPETL_CLIP_STORE",
+        help="the API's clip store: a path or fsspec URL such as s3://bucket/prefix (default: DATA_DIR/clips); S3 "
+        "endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY",
     ),
     backbone: str = typer.Option("vpetl-demo", "--backbone", envvar="VPETL_BACKBONE"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", envvar="VPETL_CHECKPOINT"),
@@ -51,7 +56,7 @@ def worker(
         ckpt = checkpoint if registered is not None else resolve_checkpoint(backbone, checkpoint, data_dir)
         model, _ = resolve_backbone(backbone, ckpt, BackboneRegistry(client), data_dir / "backbones", wait_s=wait_s)
         store = AdapterStore(client)
-        clips = ClipStore(data_dir, client)
+        clips = ClipStore(data_dir, client, store_url=clip_store)
     except VpetlError as e:
         fail(e)
     name = consumer or default_consumer_name()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from pathlib import Path
 
 import pytest
 
+from training.clips import cache_key
 from training.worker import Worker, task_datasets
 from vpetl.backbones import create_backbone
+from vpetl.data.readers import ClipItem, VideoDataset
 from vpetl.data.synth import synthesize
 from vpetl.errors import InvalidRequest
 from vpetl.store import AdapterStore, ClipStore
@@ -53,6 +57,39 @@ def test_job_trains_publishes_and_reports(redis_url: str, clip_dir: Path, tmp_pa
     assert result["state"] == "succeeded"
     assert "current_val_top1" in result["result"] and result["result"]["reason"]
     assert store.get_pointer("demo-task") == (2 if result["result"]["published"] else 1)
+
+
+def test_worker_on_another_node_trains_on_clips_in_s3(
+    redis_url: str, clip_dir: Path, tmp_path: Path, s3_bucket: tuple[str, dict]
+) -> None:
+    """The API process stores clips in S3 (real S3 API, moto); a worker with its own empty data dir, sharing only
+    Redis and the bucket, trains on them: nothing is read from or written to either local disk."""
+    bucket, options = s3_bucket
+    url = f"s3://{bucket}/clips"
+    client = redis_client(redis_url)
+    api_dir, worker_dir = tmp_path / "api-node", tmp_path / "worker-node"
+    _upload(ClipStore(api_dir, client, store_url=url, storage_options=options), clip_dir, "remote-task", classes=2)
+    # its own S3 client (not fsspec's cached instance), as in a separate process
+    own_client = {**options, "skip_instance_cache": True}
+    worker_clips = ClipStore(worker_dir, client, store_url=url, storage_options=own_client)
+    train, val = task_datasets(worker_clips, "remote-task")
+    assert len(train) == 4 and len(val) == 2 and isinstance(train.items[0].source(), bytes)
+    # items survive pickling (DataLoader worker processes get them that way)
+    assert pickle.loads(pickle.dumps(train.items[0])).source() == train.items[0].source()
+    backbone = create_backbone("videomae-tiny")
+    # the decoded-clip cache key depends on content only: store objects (named by sha256) match local copies
+    by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in clip_dir.rglob("*.mp4")}
+    local = VideoDataset([ClipItem(by_sha[it.path.sha256], it.label) for it in train.items], train.classes)
+    spec = backbone.input_spec
+    assert cache_key(train, spec, train=True, views=1, seed=0) == cache_key(local, spec, train=True, views=1, seed=0)
+    queue = JobQueue(client)
+    worker = Worker(backbone, queue, AdapterStore(client), worker_clips, "w-remote")
+    job_id = queue.submit(job_params({"task": "remote-task", "method": "linear", "epochs": 1, "batch_size": 2}))
+    assert worker.run(max_jobs=1) == 1
+    job = queue.get(job_id)
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["result"]["published"] is True
+    assert not api_dir.exists() and not worker_dir.exists()
 
 
 def test_failed_job_reports_why_and_worker_survives(redis_url: str, tmp_path: Path) -> None:

@@ -56,10 +56,10 @@ class ClipDataset(Dataset):
         item = self.dataset.items[index]
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
-            return load_clip(item.path, self.spec, train=True, rng=rng, limits=self.limits)
+            return load_clip(item.source(), self.spec, train=True, rng=rng, limits=self.limits)
         if self.views is not None:
-            return load_views(item.path, self.spec, *self.views, limits=self.limits)
-        return load_clip(item.path, self.spec, limits=self.limits)
+            return load_views(item.source(), self.spec, *self.views, limits=self.limits)
+        return load_clip(item.source(), self.spec, limits=self.limits)
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, int(key))

@@ -24,9 +24,11 @@ template with ``[something]`` → ``something`` and the brackets removed.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from vpetl.errors import DatasetError
 
@@ -34,6 +36,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", "
 HMDB_SPLIT_DIR = "testTrainMulti_7030_splits"
 
 __all__ = [
+    "ClipBlob",
     "ClipItem",
     "VideoDataset",
     "VIDEO_EXTENSIONS",
@@ -47,12 +50,25 @@ __all__ = [
 ]
 
 
+class ClipBlob(Protocol):
+    """A clip that is not a local file (e.g. a clip-store object, :class:`vpetl.store.StoredClip`): its bytes on
+    demand; ``str()`` names it in messages."""
+
+    def read_bytes(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class ClipItem:
-    """One labelled clip: the video file and its label index into ``VideoDataset.classes``."""
+    """One labelled clip: the video (a local file, or a :class:`ClipBlob` read when decoded) and its label index
+    into ``VideoDataset.classes``."""
 
-    path: Path
+    path: Path | ClipBlob
     label: int
+
+    def source(self) -> str | os.PathLike[str] | bytes:
+        """What :func:`vpetl.video.load_clip` takes: the local path (decord reads only the frames it needs), else the
+        blob's bytes."""
+        return self.path if isinstance(self.path, (str, os.PathLike)) else self.path.read_bytes()
 
 
 @dataclass

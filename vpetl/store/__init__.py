@@ -6,7 +6,7 @@ Key layout: :mod:`vpetl.store.keys`. The same store code runs against the embedd
 from __future__ import annotations
 
 from vpetl.store.adapters import AdapterStore, AsyncAdapterStore, EventStream, async_redis_client, redis_client
-from vpetl.store.clips import LABEL_RE, SPLITS, ClipRecord, ClipStore, is_valid_label
+from vpetl.store.clips import LABEL_RE, SPLITS, ClipRecord, ClipStore, StoredClip, is_valid_label
 from vpetl.store.embedded import EmbeddedRedis, EmbeddedRedisError, RedisServerNotFound, find_redis_server
 from vpetl.store.keys import EVENTS_CHANNEL
 from vpetl.store.records import StoreError, TaskSummary, VersionRecord
@@ -24,6 +24,7 @@ __all__ = [
     "EventStream",
     "RedisServerNotFound",
     "StoreError",
+    "StoredClip",
     "TaskSummary",
     "VersionRecord",
     "async_redis_client",

@@ -1,33 +1,39 @@
-"""Clip uploads: files under ``<data_dir>/clips/<task>/<split>/<label>/<sha256>.mp4``, index and counts in Redis.
+"""Clip uploads: bytes at ``<store>/<task>/<split>/<label>/<sha256>.mp4``, index and counts in Redis.
 
-Every path component is validated (task name, split from a fixed list, label by :data:`LABEL_RE`, a sha256 the
-store computed), and the final path is checked to lie under the clips root, so user input never becomes a path
-unchecked. A clip is identified by its sha256 within a task: uploading the same bytes again with the same label and
-split is a no-op that returns the stored record, and with a different label or split it is refused (the same clip
-in train and val would leak, and in two classes it would be contradictory).
+The store is a folder or any fsspec URL (:class:`~vpetl.store.blobs.BlobStore`): by default
+``<data_dir>/clips``; ``s3://bucket/prefix`` (setting ``clip_store``, env ``VPETL_CLIP_STORE``) lets a worker on
+another node read what the API stored. Every key component is validated (task name, split from a fixed list, label
+by :data:`LABEL_RE`, a sha256 the store computed), and a local key is checked to lie under the clips root, so user
+input never becomes a path unchecked. A clip is identified by its sha256 within a task: uploading the same bytes
+again with the same label and split is a no-op that returns the stored record, and with a different label or split
+it is refused (the same clip in train and val would leak, and in two classes it would be contradictory).
 
-Files are written atomically (temp file + ``os.replace``) *before* the index entry, so the index never names a
-missing file. The store is blocking; the server calls it from a thread.
+Bytes are written completely (local: temp file + ``os.replace``; object store: one PUT) *before* the index entry,
+so the index never names a missing object; a write interrupted before its index entry leaves at most an unnamed
+object, which the next upload of the same bytes overwrites or reuses. The store is blocking; the server calls it
+from a thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
-import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpetl.artifact import atomic_write
-from vpetl.errors import InvalidRequest, TooLarge
+from vpetl.errors import DatasetError, InvalidRequest, TooLarge
 from vpetl.store import keys as k
 from vpetl.store._scripts import ADD_CLIP, DELETE_CLIPS
 from vpetl.store.adapters import redis_client
+from vpetl.store.blobs import BlobStore
 
 SPLITS = ("train", "val")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -54,7 +60,7 @@ def _check_split(split: object) -> str:
 
 
 class ClipRecord(BaseModel):
-    """One stored clip. ``path`` is relative to the data directory (never an absolute server path)."""
+    """One stored clip. ``path`` is its key relative to the clip store root (never an absolute server path)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -68,32 +74,69 @@ class ClipRecord(BaseModel):
     duplicate: bool = Field(False, description="true when these bytes were already stored (nothing was written)")
 
 
+@dataclass(frozen=True)
+class StoredClip:
+    """One indexed clip as a trainer reads it: no local path, the bytes on demand (``read_bytes``, like a Path)."""
+
+    task: str
+    split: str
+    label: str
+    sha256: str
+    key: str
+    blobs: BlobStore = dataclasses.field(repr=False, compare=False)
+
+    def read_bytes(self) -> bytes:
+        try:
+            return self.blobs.read(self.key)
+        except FileNotFoundError as e:  # only after a concurrent delete_task: say which clip, not a bare OSError
+            raise DatasetError(f"clip {self} is in the index but not in the clip store (task being deleted?)") from e
+
+    def __str__(self) -> str:
+        return self.blobs.display(self.key)
+
+
 class ClipStore:
     """Blocking clip store.
 
     Args:
-        data_dir: the data directory; clips go under ``data_dir/clips``.
+        data_dir: the data directory; by default clips go under ``data_dir/clips``.
         client: a Redis URL (the store then owns its client) or a ``redis.Redis`` to share.
         max_bytes: refuse clips larger than this (:class:`~vpetl.errors.TooLarge`); ``None`` for no limit.
+        store_url: where the clip bytes go: a local path or fsspec URL (``s3://bucket/prefix``, ``memory://``);
+            ``None`` for ``data_dir/clips``. Every process sharing the Redis index must use the same one.
+        storage_options: fsspec filesystem options (``endpoint_url``, ``key``, ``secret``, …); ``None`` leaves
+            endpoint and credentials to the backend's environment (for S3: ``AWS_ENDPOINT_URL``, ``AWS_*``).
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], client: str | redis.Redis, max_bytes: int | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        client: str | redis.Redis,
+        max_bytes: int | None = None,
+        *,
+        store_url: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.root = self.data_dir / "clips"
+        self.blobs = BlobStore(store_url or (self.data_dir / "clips"), storage_options)
         self.max_bytes = max_bytes
         self._owns_client = isinstance(client, str)
         self.redis: redis.Redis = redis_client(client) if isinstance(client, str) else client
         self._add = self.redis.register_script(ADD_CLIP)
         self._delete = self.redis.register_script(DELETE_CLIPS)
 
-    def clip_path(self, task: str, split: str, label: str, sha256: str) -> Path:
-        """Where a clip lives; every component validated, and the result checked to stay under the clips root."""
-        path = self.root / k.check_task(task) / _check_split(split) / _check_label(label) / k.check_sha256(sha256)
-        path = path.with_suffix(CLIP_SUFFIX)
-        # defence in depth: the regexes already exclude separators and "..", a symlink could still escape
-        if not path.resolve().is_relative_to(self.root.resolve()):
-            raise InvalidRequest("clip path escapes the clip directory")
-        return path
+    def clip_key(self, task: str, split: str, label: str, sha256: str) -> str:
+        """Where a clip lives in the store; every component validated (a local key also checked to stay under the
+        clips root: the regexes already exclude separators and "..", a symlink could still escape)."""
+        name = k.check_sha256(sha256) + CLIP_SUFFIX
+        return self.blobs.key(k.check_task(task), _check_split(split), _check_label(label), name)
+
+    def read_clip(self, task: str, split: str, label: str, sha256: str) -> bytes:
+        """The bytes of a stored clip (DatasetError if the store has no such object)."""
+        return self._ref(task, split, label, sha256).read_bytes()
+
+    def _ref(self, task: str, split: str, label: str, sha256: str) -> StoredClip:
+        return StoredClip(task, split, label, sha256, self.clip_key(task, split, label, sha256), self.blobs)
 
     def add_clip(self, task: str, label: str, split: str, data: bytes) -> ClipRecord:
         """Store one labelled clip (bytes as uploaded; the server validates them by decoding first).
@@ -111,7 +154,7 @@ class ClipStore:
             raise TooLarge(f"clip of {len(data)} bytes is larger than the limit of {self.max_bytes}")
         data = bytes(data)
         sha256 = hashlib.sha256(data).hexdigest()
-        path = self.clip_path(task, split, label, sha256)
+        key = self.clip_key(task, split, label, sha256)
 
         existing = self.redis.hget(k.clips_key(task), sha256)
         if existing is not None:
@@ -123,10 +166,10 @@ class ClipStore:
             split=split,
             sha256=sha256,
             size=len(data),
-            path=path.relative_to(self.data_dir).as_posix(),
+            path=f"{task}/{split}/{label}/{sha256}{CLIP_SUFFIX}",
             created_at=datetime.now(timezone.utc),
         )
-        wrote = _write_atomic(path, data)
+        wrote = self.blobs.write(key, data)  # complete before the index names it
         # the task index is another slot (Redis Cluster): SADD before the script (a crash leaves a name tasks()
         # skips) and after it (a concurrent delete_task may have removed the name in between)
         self.redis.sadd(k.CLIP_TASKS, task)
@@ -138,9 +181,10 @@ class ClipStore:
         if int(added):
             return record
         # lost a race with a concurrent upload of the same bytes: keep its record, drop our copy if it differs
+        # (compared by label/split, not by the stored path, whose format older versions wrote differently)
         winner = ClipRecord.model_validate_json(stored)
-        if wrote and winner.path != record.path:
-            path.unlink(missing_ok=True)
+        if wrote and (winner.split, winner.label) != (split, label):
+            self.blobs.remove(key)
         return self._same_or_refuse(winner, label, split)
 
     @staticmethod
@@ -165,14 +209,14 @@ class ClipStore:
             out[split] = dict(sorted(out[split].items()))
         return out
 
-    def list_clips(self, task: str, split: str) -> list[tuple[Path, str]]:
-        """``(absolute path, label)`` of every clip of a split, sorted by label then sha256."""
+    def list_clips(self, task: str, split: str) -> list[StoredClip]:
+        """Every clip of a split (label, sha256, ``read_bytes()``), sorted by label then sha256."""
         k.check_task(task)
         _check_split(split)
         records = [ClipRecord.model_validate_json(raw) for raw in self.redis.hvals(k.clips_key(task))]
         chosen = sorted((r for r in records if r.split == split), key=lambda r: (r.label, r.sha256))
-        # paths are rebuilt through the validating builder, never taken from the stored record
-        return [(self.clip_path(task, r.split, r.label, r.sha256), r.label) for r in chosen]
+        # keys are rebuilt through the validating builder, never taken from the stored record
+        return [self._ref(task, r.split, r.label, r.sha256) for r in chosen]
 
     def tasks(self) -> list[str]:
         """Tasks with at least one clip, sorted."""
@@ -184,7 +228,7 @@ class ClipStore:
         return [name for name, present in zip(names, pipe.execute() if names else [], strict=True) if present]
 
     def delete_task(self, task: str) -> int:
-        """Remove a task's clip index, counts and files. Returns the number of clips the index held."""
+        """Remove a task's clip index, counts and objects. Returns the number of clips the index held."""
         k.check_task(task)
         removed = int(self._delete(keys=(k.clips_key(task), k.clip_counts_key(task))))
         # the index entry goes after the clips; an upload that re-created them meanwhile may have SADDed before our
@@ -192,10 +236,8 @@ class ClipStore:
         self.redis.srem(k.CLIP_TASKS, task)
         if self.redis.exists(k.clips_key(task)):
             self.redis.sadd(k.CLIP_TASKS, task)
-        # index first, files second: a listing made after this call names no file that is being removed
-        task_dir = self.root / task
-        if task_dir.is_dir() and not task_dir.is_symlink():
-            shutil.rmtree(task_dir)
+        # index first, objects second: a listing made after this call names no object that is being removed
+        self.blobs.remove_tree(task)
         return removed
 
     def close(self) -> None:
@@ -208,12 +250,3 @@ class ClipStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _write_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` via a temp file and ``os.replace``; False if it already exists (content-addressed:
-    same name, same bytes)."""
-    if path.exists():
-        return False
-    atomic_write(path, data)
-    return True

@@ -1,4 +1,5 @@
-"""The clip store: validated paths, atomic files, dedup by sha256, counts, listing, delete."""
+"""The clip store on its default local folder: validated paths, atomic files, dedup by sha256, counts, listing,
+delete. (Other fsspec URLs, S3 included: test_clips_fsspec.py.)"""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+def clip_root(store: ClipStore) -> Path:
+    return store.data_dir / "clips"  # the default: today's layout under the data directory
+
+
 def test_add_count_list(clips: ClipStore) -> None:
     wave1 = clips.add_clip("gestures", "wave", "train", b"wave one")
     clips.add_clip("gestures", "wave", "train", b"wave two")
@@ -41,19 +46,20 @@ def test_add_count_list(clips: ClipStore) -> None:
 
     digest = hashlib.sha256(b"wave one").hexdigest()
     assert (wave1.task, wave1.label, wave1.split, wave1.sha256, wave1.size) == ("gestures", "wave", "train", digest, 8)
-    assert wave1.path == f"clips/gestures/train/wave/{digest}.mp4" and not wave1.duplicate
-    assert (clips.data_dir / wave1.path).read_bytes() == b"wave one"
+    assert wave1.path == f"gestures/train/wave/{digest}.mp4" and not wave1.duplicate
+    assert (clip_root(clips) / wave1.path).read_bytes() == b"wave one"
 
     assert clips.counts("gestures") == {"train": {"clap hands": 1, "wave": 2}, "val": {"wave": 1}}
     train = clips.list_clips("gestures", "train")
-    assert [label for _, label in train] == ["clap hands", "wave", "wave"]
-    assert sorted(path.read_bytes() for path, _ in train) == [b"clap one", b"wave one", b"wave two"]
-    assert all(path.is_absolute() and path.suffix == ".mp4" for path, _ in train)
-    assert [label for _, label in clips.list_clips("gestures", "val")] == ["wave"]
+    assert [clip.label for clip in train] == ["clap hands", "wave", "wave"]
+    assert sorted(clip.read_bytes() for clip in train) == [b"clap one", b"wave one", b"wave two"]
+    assert all(Path(clip.key).is_absolute() and clip.key.endswith(".mp4") for clip in train)
+    assert all(Path(clip.key).is_relative_to(clip_root(clips)) for clip in train)
+    assert [clip.label for clip in clips.list_clips("gestures", "val")] == ["wave"]
     assert clips.counts("empty") == {"train": {}, "val": {}}
     assert clips.list_clips("empty", "train") == []
     assert clips.tasks() == ["gestures"]
-    assert not [p for p in files_under(clips.root) if p.name.startswith(".tmp-")]
+    assert not [p for p in files_under(clip_root(clips)) if p.name.endswith(".tmp")]
 
 
 def test_same_bytes_are_deduplicated(clips: ClipStore) -> None:
@@ -66,7 +72,7 @@ def test_same_bytes_are_deduplicated(clips: ClipStore) -> None:
     for label, split in (("clap", "train"), ("wave", "val")):
         with pytest.raises(InvalidRequest, match="already stored as label 'wave'"):
             clips.add_clip("t1", label, split, b"same bytes")
-    assert len(files_under(clips.root)) == 1
+    assert len(files_under(clip_root(clips))) == 1
     # another task may hold the same bytes under any label
     assert not clips.add_clip("t2", "clap", "val", b"same bytes").duplicate
 
@@ -123,7 +129,7 @@ def test_failed_write_leaves_no_file_and_no_index(
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         clips.add_clip("t1", "wave", "train", b"data")
-    assert files_under(clips.root) == [] and raw.dbsize() == 0
+    assert files_under(clip_root(clips)) == [] and raw.dbsize() == 0
 
 
 def test_delete_task(clips: ClipStore, raw: redis.Redis) -> None:
@@ -132,9 +138,9 @@ def test_delete_task(clips: ClipStore, raw: redis.Redis) -> None:
     kept = clips.add_clip("t2", "wave", "train", b"a")
 
     assert clips.delete_task("t1") == 2
-    assert not (clips.root / "t1").exists()
+    assert not (clip_root(clips) / "t1").exists()
     assert not raw.exists(k.clips_key("t1"), k.clip_counts_key("t1"))
     assert clips.counts("t1") == {"train": {}, "val": {}}
     assert clips.tasks() == ["t2"]
-    assert (clips.data_dir / kept.path).read_bytes() == b"a"
+    assert (clip_root(clips) / kept.path).read_bytes() == b"a"
     assert clips.delete_task("t1") == 0  # idempotent
