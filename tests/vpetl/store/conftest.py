@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,23 +143,24 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         cluster.stop()
 
 
-@pytest.fixture
-def cluster_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The session cluster's URL with every master flushed before and after the test."""
-    url: str = request.getfixturevalue("redis_cluster_url")
+@pytest.fixture(scope="session")
+def _cluster_admin(redis_cluster_url: str) -> Iterator[Any]:
+    """One cluster client for the session's flushes (building one per test would re-discover the slots)."""
     from vpetl.store.adapters import redis_client
 
-    client = redis_client(url)
-    _flush(client)
+    client = redis_client(redis_cluster_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster_url: str, _cluster_admin: Any) -> Iterator[str]:
+    """The session cluster's URL with every master flushed before and after the test."""
+    _cluster_admin.flushall(target_nodes=_cluster_admin.PRIMARIES)
     try:
-        yield url
+        yield redis_cluster_url
     finally:
-        _flush(client)
-        client.close()
-
-
-def _flush(client) -> None:  # noqa: ANN001 - a redis.cluster.RedisCluster
-    client.flushall(target_nodes=client.PRIMARIES)
+        _cluster_admin.flushall(target_nodes=_cluster_admin.PRIMARIES)
 
 
 @pytest.fixture(params=["standalone", "cluster"])
