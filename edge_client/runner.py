@@ -273,7 +273,7 @@ class Runner:
         logits = self.logits(x, file)[0]
         t2 = time.perf_counter()
         return PredictionResponse(
-            task=file.meta.task, version=version or 1, adapter_sha256=file.sha256,
+            task=file.meta.task, version=version or 1, adapter_sha256=file.sha256, replica="device",
             predictions=top_k(logits, file.meta.labels, topk),
             timing_ms=PredictionTiming(decode=(t1 - t0) * 1e3, queue=0.0, model=(t2 - t1) * 1e3,
                                        total=(time.perf_counter() - t0) * 1e3),

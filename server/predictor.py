@@ -43,9 +43,11 @@ class Prediction:
     adapter_sha256: str
     predictions: list[dict[str, Any]]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    replica: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "replica": self.replica,
             "task": self.task,
             "version": self.version,
             "adapter_sha256": self.adapter_sha256,
@@ -161,6 +163,7 @@ class Predictor:
         scores, index = probs.topk(k)
         labels = adapter.labels
         return Prediction(
+            replica=self.replica_id,
             task=task,
             version=version,
             adapter_sha256=adapter.sha256,

@@ -264,6 +264,9 @@ def build_app(args: dict[str, Any]) -> Application:
             f"{', '.join(bad)} must not be in the app's args (Ray stores them): set VPETL_ADMIN_TOKEN in the "
             "environment of every Ray node instead"
         )
+    unknown = sorted(set(args) - set(Settings.model_fields))
+    if unknown:  # Settings ignores unknown keys (the environment has many); a typo in a config file must not
+        raise E.InvalidRequest(f"unknown setting(s) in the app's args: {', '.join(unknown)}")
     settings = Settings(**args)
     if not settings.redis_url:
         raise E.InvalidRequest("the Ray engine needs a shared Redis: set redis_url (or VPETL_REDIS_URL)")

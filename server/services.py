@@ -30,6 +30,7 @@ from vpetl.petl.bank import AdapterBank
 from vpetl.store import AsyncAdapterStore, ClipStore, EmbeddedRedis
 from vpetl.store.adapters import redis_client
 from vpetl.store.backbones import BackboneNotRegistered, BackboneRecord, BackboneRegistry, describe
+from vpetl.store.clients import ping_url
 from vpetl.store.jobs import JobQueue
 
 logger = logging.getLogger(__name__)
@@ -117,22 +118,18 @@ def redact_url(url: str) -> str:
 
 def wait_for_redis(url: str, timeout: float = REDIS_WAIT_S) -> None:
     """Block until Redis at ``url`` answers PING, at most ``timeout`` seconds (then RedisUnavailable)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except (redis.RedisError, OSError) as e:
-                if time.monotonic() >= deadline:
-                    raise RedisUnavailable(
-                        f"cannot reach Redis at {redact_url(url)} after {timeout:g} s ({e}); start it, fix "
-                        "--redis-url / VPETL_REDIS_URL, or leave it unset for an embedded redis-server"
-                    ) from e
-            time.sleep(0.2)
-    finally:
-        client.close()
+    while True:
+        try:
+            ping_url(url, timeout_s=1.0)  # a cluster URL pings every master
+            return
+        except (redis.RedisError, OSError) as e:
+            if time.monotonic() >= deadline:
+                raise RedisUnavailable(
+                    f"cannot reach Redis at {redact_url(url)} after {timeout:g} s ({e}); start it, fix "
+                    "--redis-url / VPETL_REDIS_URL, or leave it unset for an embedded redis-server"
+                ) from e
+        time.sleep(0.2)
 
 
 def create_services(settings: Settings, *, with_backbone: bool = True) -> Services:

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     downscale_delay_s: float = Field(60.0, ge=0, description="autoscaling: idle time before removing a replica")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (no backbone; auth, limits)")
     ingress_num_cpus: float = Field(0.25, ge=0, description="CPUs each ingress replica reserves")
-    ray_affinity: bool = Field(True, description="route a task to a replica that holds its adapter")
+    # Off by default: Ray's multiplexed routing keeps sending a task to the replicas that already hold it, so a hot
+    # task never spreads onto replicas added by autoscaling (tests/e2e/test_ray_cluster.py saw the new replica idle
+    # for 60 s under load). Each replica's own byte-budget cache keeps the popular adapters resident either way.
+    ray_affinity: bool = Field(False, description="route a task to a replica that already holds its adapter")
     torch_threads: int = Field(2, ge=1)
 
     @property

@@ -80,6 +80,7 @@ class PredictionResponse(BaseModel):
     adapter_sha256: str
     predictions: list[LabelScore]
     timing_ms: PredictionTiming
+    replica: str = Field("local", description="the predictor that ran it (a Ray Serve replica id, or 'local')")
 
 
 class VersionInfo(BaseModel):
