@@ -244,15 +244,16 @@ def predictor_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def replica_payload(settings: Settings) -> dict[str, Any]:
-    """What travels to the replicas (stored by Ray's GCS): the explicitly set settings, minus secrets and
-    driver-local paths. Everything else each replica takes from its own environment."""
-    chosen = settings.model_fields_set - SECRETS - DRIVER_ONLY
-    return settings.model_dump(mode="json", include=chosen)
+def replica_payload(settings: Settings, keys: set[str]) -> dict[str, Any]:
+    """What travels to the replicas (stored by Ray's GCS): the settings named in the app's args (validated),
+    minus secrets and driver-local paths. Not the builder's environment: everything else each replica takes from
+    its own (``model_fields_set`` would include the builder's VPETL_* variables and freeze them)."""
+    return settings.model_dump(mode="json", include=keys - SECRETS - DRIVER_ONLY)
 
 
 def replica_args(settings: Settings) -> dict[str, Any]:
-    """``build_app`` args for settings resolved by a driver (``vpetl serve --engine ray``): no secrets."""
+    """``build_app`` args for settings resolved by a driver (``vpetl serve --engine ray``): what its flags and its
+    own VPETL_* environment set, no secrets."""
     return settings.model_dump(mode="json", include=settings.model_fields_set - SECRETS)
 
 
@@ -273,7 +274,7 @@ def build_app(args: dict[str, Any]) -> Application:
     settings.check_bind()
     if settings.checkpoint is not None:  # a checkpoint readable here: register it once for every replica
         _register_checkpoint(settings)
-    payload = replica_payload(settings)
+    payload = replica_payload(settings, set(args))
     predictor = PredictorDeployment.options(**predictor_options(settings)).bind(payload)
 
     def build_ingress() -> Any:  # a plain function: Ray treats it as an app builder, run inside the replica
