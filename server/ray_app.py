@@ -193,10 +193,6 @@ class PredictorDeployment:
             return {"error": {"code": e.code, "message": e.message}}
         return None
 
-    async def stats(self) -> dict[str, Any]:
-        await self._ensure_started()
-        return self.services.predictor.stats()
-
     async def check_health(self) -> None:
         await self._ensure_started()
         bank, identity = self.services.bank, self.services.identity
