@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -20,18 +21,25 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture
-def redis_url(redis_server_url: str) -> Iterator[str]:
-    """The session's Redis URL with its database flushed before and after the test."""
+@contextlib.contextmanager
+def flushed_db(url: str) -> Iterator[str]:
+    """``url`` with its database flushed on entry and on exit (each test starts and leaves it empty)."""
     import redis
 
-    client = redis.Redis.from_url(redis_server_url)
+    client = redis.Redis.from_url(url)
     client.flushdb()
     try:
-        yield redis_server_url
+        yield url
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """The session's Redis URL with its database flushed before and after the test."""
+    with flushed_db(redis_server_url) as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------------------- end redis

@@ -174,12 +174,7 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def standalone_redis_url(redis_server_url: str) -> Iterator[str]:
     """The session's standalone Redis with its database flushed before and after the test."""
-    import redis
+    from tests.conftest import flushed_db
 
-    client = redis.Redis.from_url(redis_server_url)
-    client.flushdb()
-    try:
-        yield redis_server_url
-    finally:
-        client.flushdb()
-        client.close()
+    with flushed_db(redis_server_url) as url:
+        yield url
