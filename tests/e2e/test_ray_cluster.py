@@ -56,6 +56,7 @@ def _base_env() -> dict[str, str]:
 @dataclass
 class Stack:
     root: Path
+    redis: EmbeddedRedis
     redis_url: str
     ray_address: str
     base: str
@@ -111,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         cluster.add_node(num_cpus=3, env_vars=node_env)
         env = {**_base_env(), "VPETL_ADMIN_TOKEN": TOKEN}
         port = _free_port()
-        stack = Stack(root, url, cluster.address, f"http://127.0.0.1:{port}", env)
+        stack = Stack(root, redis_server, url, cluster.address, f"http://127.0.0.1:{port}", env)
         try:
             # 1. the operator registers the deployment's backbone once (no node needs its file afterwards)
             reg = stack.run("register", [str(BIN / "vpetl"), "backbone", "register", "--redis-url", url,
@@ -278,3 +279,16 @@ def test_closed_loop_autoscaling_publish_and_replica_kill_on_two_nodes(stack: St
     assert http.get("/readyz").status_code == 200
     metrics = http.get("/metrics").text
     assert "vpetl_replica_queue_depth{" in metrics
+
+    # ---- Redis goes away: the cached task keeps being served (ingress pointer cache, replica adapter cache),
+    # readiness says Redis is down, and everything is back once Redis returns
+    stack.redis.stop()
+    try:
+        outage = [http.post("/predict", params={"task": "cl"}, files={"clip": ("c.mp4", clip, "video/mp4")})
+                  for _ in range(5)]  # fmt: skip
+        assert [r.status_code for r in outage] == [200] * 5, [r.text[:200] for r in outage]
+        assert all(r.json()["version"] == 2 for r in outage)
+        assert http.get("/readyz").status_code == 503
+    finally:
+        stack.redis.start()  # same port and directory: the AOF brings the data back
+    _wait(lambda: http.get("/readyz").status_code == 200, 30, "ready again after Redis returned", stack)
