@@ -62,16 +62,26 @@ def register(
         help="weights to register (default: vpetl-demo's pretrained file, built on first use; others: seeded init)",
     ),  # fmt: skip
     data_dir: Path = typer.Option(Path(".vpetl"), "--data-dir", envvar="VPETL_DATA_DIR"),
+    frames: int | None = typer.Option(None, "--frames", min=1, help="serve at this many frames (default: the "
+                                      "backbone's own input spec)"),
+    size: int | None = typer.Option(None, "--size", min=8, help="serve at this crop size, e.g. 112"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Register the deployment's backbone (weights go into Redis). Refuses if another one is registered."""
+    """Register the deployment's backbone (weights go into Redis). Refuses if another one is registered.
+    ``--frames/--size`` serve it at a reduced clip (every replica and worker then uses that input spec)."""
     from server.cli.common import resolve_checkpoint
+    from vpetl.backbones import create_backbone
     from vpetl.backbones.identity import resolve_backbone
 
     registry = _registry(redis_url)
     try:
         ckpt = resolve_checkpoint(backbone, checkpoint, data_dir, progress=not as_json)
-        _, record = resolve_backbone(backbone, ckpt, registry, data_dir / "backbones")
+        spec = None
+        if frames is not None or size is not None:
+            default = create_backbone(backbone).input_spec
+            update = {"num_frames": frames or default.num_frames, "size": size or default.size}
+            spec = default.model_copy(update=update)
+        _, record = resolve_backbone(backbone, ckpt, registry, data_dir / "backbones", input_spec=spec)
         _show(record, as_json)
     except VpetlError as e:
         fail(e)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.registry import create_backbone
-from vpetl.protocol import BackboneInfo
+from vpetl.protocol import BackboneInfo, InputSpec
 from vpetl.store.backbones import (
     BackboneMismatch,
     BackboneNotRegistered,
@@ -72,8 +72,12 @@ def resolve_backbone(
     *,
     wait_s: float = 0.0,
     register: bool = True,
+    input_spec: InputSpec | None = None,
 ) -> tuple[Backbone, BackboneRecord]:
     """The deployment's backbone (frozen, eval, on CPU) and its registered record. See the module docstring.
+
+    ``input_spec`` (registration only) serves the backbone at another clip size than its default, e.g. 4×112²;
+    processes that load a registered backbone build it with the registered spec.
 
     Raises:
         BackboneMismatch: another backbone is registered (name or weights differ).
@@ -88,19 +92,27 @@ def resolve_backbone(
             "with --checkpoint, which registers it) against the same Redis"
         )
     if record is not None:
+        if input_spec is not None and input_spec != record.input_spec:
+            raise BackboneMismatch(
+                f"this process asks for input {input_spec.num_frames}×{input_spec.size}², but this deployment "
+                f"serves {describe(record)} at {record.input_spec.num_frames}×{record.input_spec.size}²"
+            )
         if record.name != name:
             raise BackboneMismatch(
                 f"this process was started with backbone {name!r}, but this deployment serves {describe(record)}: "
                 f"use --backbone {record.name} (or VPETL_BACKBONE), or `vpetl backbone unregister` to reset"
             )
+        spec = record.input_spec
         if checkpoint is not None:
-            return _check(create_backbone(name, checkpoint=checkpoint), record, f"checkpoint {checkpoint}"), record
+            built = create_backbone(name, checkpoint=checkpoint, input_spec=spec)
+            return _check(built, record, f"checkpoint {checkpoint}"), record
         if record.weights == "blob":
             path = registry.fetch_to(record, Path(cache_dir))
-            return _check(create_backbone(name, checkpoint=path), record, "the weights in Redis"), record
-        return _check(create_backbone(name), record, f"the seeded init of {name}"), record
+            built = create_backbone(name, checkpoint=path, input_spec=spec)
+            return _check(built, record, "the weights in Redis"), record
+        return _check(create_backbone(name, input_spec=spec), record, f"the seeded init of {name}"), record
 
-    backbone = create_backbone(name, checkpoint=checkpoint)
+    backbone = create_backbone(name, checkpoint=checkpoint, input_spec=input_spec)
     weights = weights_bytes(backbone) if checkpoint is not None else None
     source = Path(checkpoint).name if checkpoint is not None else "seeded init"
     record, registered = registry.register(backbone_info(backbone), weights=weights, source=source)

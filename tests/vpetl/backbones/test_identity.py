@@ -151,3 +151,16 @@ def test_corrupted_weights_in_redis_are_refused(registry: BackboneRegistry, chec
     registry.redis.delete(chunk_key(record.weights_sha256 or "", 0))
     with pytest.raises(BackboneNotRegistered, match="incomplete"):
         resolve_backbone(NAME, None, registry, tmp_path / "c")
+
+
+def test_a_reduced_input_spec_is_registered_and_every_process_serves_at_it(
+    registry: BackboneRegistry, tmp_path: Path
+) -> None:
+    default = create_backbone(NAME).input_spec
+    reduced = default.model_copy(update={"num_frames": 2, "size": 16})
+    first, record = resolve_backbone(NAME, None, registry, tmp_path, input_spec=reduced)
+    assert record.input_spec == reduced == first.input_spec
+    other, _ = resolve_backbone(NAME, None, registry, tmp_path / "b")  # no spec asked: the registered one
+    assert other.input_spec == reduced and other.sha256() == first.sha256()
+    with pytest.raises(BackboneMismatch, match="asks for input 4×32²"):
+        resolve_backbone(NAME, None, registry, tmp_path / "c", input_spec=default)
