@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -34,8 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_adapter(backbone: str, seed: int, task: str, labels: Sequence[str], *, noise: float = 0.3) -> bytes:
-    """A ``bapat`` adapter file for ``backbone`` whose weights are perturbed by ``seed`` (so tasks differ)."""
+def make_adapter(backbone: Any, seed: int, task: str, labels: Sequence[str], *, noise: float = 0.3) -> bytes:
+    """A ``bapat`` adapter file for ``backbone`` (a name, or a Backbone built with another input spec) whose
+    weights are perturbed by ``seed`` (so tasks differ)."""
     import torch
 
     from vpetl.petl import create_model
@@ -178,3 +180,76 @@ def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
             fn()
             times[name].append(time.perf_counter() - t0)
     return {k: (statistics.median(v), (max(v) - min(v)) / statistics.median(v)) for k, v in times.items()}
+
+
+class RayCluster:
+    """A local multi-node Ray cluster (``ray.cluster_utils.Cluster``: a 0-CPU head, as the KubeRay manifest, plus
+    ``nodes`` worker nodes of ``node_cpus`` CPUs) serving the vpetl app built by ``server.ray_app.build_app``.
+
+    Use as a context manager; :meth:`deploy` (re)deploys with given Settings args and waits for the replicas.
+    """
+
+    def __init__(self, tmp: Path, *, nodes: int = 2, node_cpus: int = 1) -> None:
+        self.tmp, self.nodes, self.node_cpus = tmp, nodes, node_cpus
+        self.port = free_port()
+        self.cluster: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RayCluster:
+        os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+        import ray
+        from ray import serve
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        for i in range(self.nodes):  # each node a data dir of its own
+            self.cluster.add_node(num_cpus=self.node_cpus, env_vars={"VPETL_DATA_DIR": str(self.tmp / f"node-{i}")})
+        ray.init(address=self.cluster.address, log_to_driver=False, logging_level="ERROR")
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        return self
+
+    def deploy(self, app_args: dict[str, Any], replicas: int, *, spread: bool = True, timeout_s: float = 300) -> None:
+        """Deploy ``build_app(app_args)`` and wait for ``replicas`` running predictors (on as many nodes)."""
+        from ray import serve
+
+        from server.ray_app import APP_NAME, build_app
+
+        serve.run(build_app({**app_args, "replicas": replicas}), name=APP_NAME, route_prefix="/")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            running = self.replicas()
+            if len(running) == replicas and (not spread or len({r["node_id"] for r in running}) == replicas):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{replicas} predictor replica(s) not running after {timeout_s:g} s")
+
+    @staticmethod
+    def replicas() -> list[dict[str, Any]]:
+        """Running predictor replicas (id, actor name, node) as Serve reports them."""
+        from ray.serve.context import _get_global_client
+
+        from server.ray_app import APP_NAME, PREDICTOR
+
+        details = _get_global_client().get_serve_details()
+        deployment = details["applications"][APP_NAME]["deployments"][PREDICTOR]
+        return [r for r in deployment["replicas"] if r["state"] == "RUNNING"]
+
+    @staticmethod
+    def kill(replica: dict[str, Any]) -> None:
+        """Kill one replica's process the way a node failure would (Serve starts a replacement)."""
+        import ray
+
+        ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            self.cluster.shutdown()
