@@ -4,7 +4,8 @@ Closed loop over HTTP (C clients, each sending the next ``POST /predict`` when t
 over T published BAPAT adapters) against three arms, measured in alternating rounds (local, ray×1, ray×2, local,
 …) so machine noise hits them alike:
 
-- ``local``: ``vpetl serve --engine local`` (one process, one torch thread);
+- ``local``: ``vpetl serve --engine local`` (one process, one torch thread); ``local2``: two such processes, the
+  clients split between them — the ceiling two one-thread servers reach on this machine without Ray;
 - ``ray1`` / ``ray2``: the real app (``server.ray_app.build_app``) on a 2-node ``ray.cluster_utils.Cluster`` whose
   head has 0 CPUs and whose two worker nodes have 1 CPU each, so each predictor replica (``predictor_num_cpus=1``,
   one torch thread) gets a node of its own; between rounds the app is redeployed with 1 or 2 replicas.
@@ -42,13 +43,14 @@ LABELS = [f"class{i}" for i in range(5)]
 LEAD_S = 2.0  # unmeasured lead-in of each round
 
 
-def closed_loop(base: str, clip: bytes, tasks: list[str], clients: int, seconds: float) -> dict[str, Any]:
-    """C clients for LEAD_S + ``seconds``; requests that finish inside the measured window are counted."""
+def closed_loop(bases: list[str], clip: bytes, tasks: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """C clients for LEAD_S + ``seconds`` (client i talks to ``bases[i % len(bases)]``); requests that finish
+    inside the measured window are counted."""
     stop = threading.Event()
     done: list[tuple[float, float, int]] = []  # (sent, received, status)
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=base, timeout=120) as http:
+        with httpx.Client(base_url=bases[i % len(bases)], timeout=120) as http:
             n = i
             while not stop.is_set():
                 sent = time.monotonic()
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="vpetl-ray-scale-"))
     redis = EmbeddedRedis(tmp / "redis", port=free_port()).start()
-    results: dict[str, list[dict[str, Any]]] = {"local": [], "ray1": [], "ray2": []}
+    arms = ("local", "local2", "ray1", "ray2")
+    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     try:
         default = create_backbone(args.backbone).input_spec
         spec = default.model_copy(update={"num_frames": args.frames or default.num_frames,
@@ -101,9 +104,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
         tasks = [f"task{i}" for i in range(args.tasks)]
         clip = make_clip(tmp / "clip.mp4", frames=16, size=max(64, spec.size + 16), seed=1)
-        local = ServeProcess("local", redis.url, ["--backbone", args.backbone, "--data-dir", str(tmp / "local"),
-                                                  "--max-wait-ms", "10"], tmp / "local.log", torch_threads=1)
-        with local:
+        local, second = (
+            ServeProcess("local", redis.url, ["--backbone", args.backbone, "--data-dir", str(tmp / name),
+                                              "--max-wait-ms", "10"], tmp / f"{name}.log", torch_threads=1)
+            for name in ("local", "local-2")
+        )  # fmt: skip
+        with local, second:
             with httpx.Client(base_url=local.url, timeout=120) as http:
                 for i, task in enumerate(tasks):
                     r = http.put(f"/adapters/{task}",
@@ -113,12 +119,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "ingress_num_cpus": 0, "torch_threads": 1, "max_wait_ms": 10, "max_batch_size": 8}  # fmt: skip
             with RayCluster(tmp, nodes=2, node_cpus=1) as cluster:  # one predictor replica per node
                 for round_ in range(args.rounds):
-                    for arm in ("local", "ray1", "ray2"):
-                        if arm != "local":
+                    for arm in arms:
+                        if arm.startswith("ray"):
                             cluster.deploy(app_args, replicas=int(arm[-1]))
-                        base = local.url if arm == "local" else cluster.url
-                        closed_loop(base, clip, tasks, args.clients, 1.0)  # warm: adapters loaded, batches formed
-                        stats = closed_loop(base, clip, tasks, args.clients, args.duration)
+                        bases = {"local": [local.url], "local2": [local.url, second.url]}.get(arm, [cluster.url])
+                        closed_loop(bases, clip, tasks, args.clients, 1.0)  # warm: adapters loaded, batches formed
+                        stats = closed_loop(bases, clip, tasks, args.clients, args.duration)
                         results[arm].append(stats)
                         print(f"round {round_ + 1} {arm}: {stats['rps']:.2f} req/s", file=sys.stderr)
     finally:
@@ -136,8 +142,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ray1 / local per round": per_round("ray1", "local"),
             "ray2 / ray1": median["ray2"] / median["ray1"],
             "ray2 / ray1 per round": per_round("ray2", "ray1"),
+            "local2 / local": median["local2"] / median["local"],
         },
-        "bounds": {"ray1 / local": "target >= 0.9", "ray2 / ray1": "target >= 1.6 (2 replicas, 2 nodes; ideal 2.0)"},
+        "bounds": {
+            "ray1 / local": "target >= 0.9",
+            "ray2 / ray1": "target >= 1.6 (2 replicas, 2 nodes; ideal 2.0)",
+            "local2 / local": "this machine's ceiling for 2 one-thread servers sharing its cores with the clients",
+        },
     }
 
 
@@ -151,7 +162,7 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"{arm:6s} {row['rps_median']:6.2f} ({rounds})   {last['p50_ms']:.0f} / {last['p99_ms']:.0f}")
     r = result["ratios"]
     lines.append(f"ray1 / local {r['ray1 / local']:.2f} (target >= 0.9); ray2 / ray1 {r['ray2 / ray1']:.2f} "
-                 "(target >= 1.6)")  # fmt: skip
+                 f"(target >= 1.6; two local servers: {r['local2 / local']:.2f})")  # fmt: skip
     return "\n".join(lines)
 
 
