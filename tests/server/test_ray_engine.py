@@ -59,8 +59,14 @@ def test_ray_engine_serves_publishes_and_rolls_back(
             assert r2.json()["adapter_sha256"] == second.json()["sha256"]
             assert r2.json()["predictions"] != r1.json()["predictions"]
             assert client.post("/adapters/demo/rollback", json={"version": 1}).status_code == 200
-            r3 = client.post("/predict", params={"task": "demo", "version": 1}, files=body)
+            t0 = time.monotonic()
+            while True:  # no version pinned: the ingress and the replica must follow the rollback by themselves
+                r3 = client.post("/predict", params={"task": "demo"}, files=body)
+                if r3.json()["version"] == 1:
+                    break
+                assert time.monotonic() - t0 < 5, r3.json()
             assert r3.json()["predictions"] == r1.json()["predictions"]
+            assert r3.json()["adapter_sha256"] == first.json()["sha256"]
             missing = client.post("/predict", params={"task": "nope"}, files=body)
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_task"
     finally:
