@@ -62,6 +62,14 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(autouse=True)
+def no_internal_errors(http: httpx.Client) -> Iterator[None]:
+    """After every test of this module, whatever the order or selection (-k, --lf): no answer was a 500."""
+    yield
+    text = http.get("/metrics").text
+    assert 'status="500"' not in text, [line for line in text.splitlines() if 'status="500"' in line]
+
+
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
     return {"v1": make_adapter("cats", seed=1), "v2": make_adapter("cats", seed=2)}
@@ -536,9 +544,3 @@ def test_write_routes_need_the_admin_token(
     assert store_snapshot(http) == before
     assert http.get("/datasets/authz").json()["total"] == 0
     assert http.get("/adapters").status_code == 200  # reads need no token
-
-
-def test_no_request_was_answered_500(http: httpx.Client) -> None:
-    """Runs last in this module: every bad input above got a 4xx, never an internal error."""
-    text = http.get("/metrics").text
-    assert 'status="500"' not in text, [line for line in text.splitlines() if 'status="500"' in line]
