@@ -544,3 +544,29 @@ def test_write_routes_need_the_admin_token(
     assert store_snapshot(http) == before
     assert http.get("/datasets/authz").json()["total"] == 0
     assert http.get("/adapters").status_code == 200  # reads need no token
+
+
+def _counters(http: httpx.Client) -> dict[str, float]:
+    """The unlabelled adapter-cache counters of /metrics, by name."""
+    out = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("vpetl_adapter_cache_") and "{" not in line:
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+def test_cache_metrics_move_with_a_cold_load_and_a_warm_hit(http: httpx.Client, clips: dict[str, bytes]) -> None:
+    r = http.put("/adapters/metered", content=make_adapter("metered", seed=7), headers={**AUTH, **OCTET})
+    assert r.status_code == 201, r.text
+    before = _counters(http)
+    assert predict(http, "metered", clips["ok"]).status_code == 200  # cold: one load
+    cold = _counters(http)
+    assert cold["vpetl_adapter_cache_loads_total"] == before["vpetl_adapter_cache_loads_total"] + 1
+    assert cold["vpetl_adapter_cache_misses_total"] > before["vpetl_adapter_cache_misses_total"]
+    assert cold["vpetl_adapter_cache_entries"] >= 1 and cold["vpetl_adapter_cache_bytes"] > 0
+    assert predict(http, "metered", clips["ok"]).status_code == 200  # warm: hits, no load
+    warm = _counters(http)
+    assert warm["vpetl_adapter_cache_loads_total"] == cold["vpetl_adapter_cache_loads_total"]
+    assert warm["vpetl_adapter_cache_misses_total"] == cold["vpetl_adapter_cache_misses_total"]
+    assert warm["vpetl_adapter_cache_hits_total"] > cold["vpetl_adapter_cache_hits_total"]
