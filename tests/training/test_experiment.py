@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from training.experiment import PRESETS, plan_rows, plan_runs, run_experiment
 
 
@@ -18,7 +20,7 @@ def test_mini_plan_has_the_paper_rows() -> None:
     assert len(runs) >= 60 and len({(t, r.key, s) for t, r, s in runs}) == len(runs)
 
 
-def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path) -> None:
+def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     summary = run_experiment("smoke", out, data_dir=tmp_path / "data", progress=False)
     with (out / "results.csv").open() as fh:
@@ -31,6 +33,12 @@ def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path) -> None:
     assert "| Method | d |" in md and "±" in md and "PATT positions" in md and "PATT scale" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # a second run of the same experiment resumes: nothing is trained again
+    # a second run of the same experiment resumes: nothing is trained again (the cause, not the wall time)
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("training.experiment.train_adapter", no_training)
     again = run_experiment("smoke", out, data_dir=tmp_path / "data", progress=False)
-    assert again["runs"] == summary["runs"] and again["total_time_s"] < summary["total_time_s"]
+    assert again["runs"] == summary["runs"]
+    with (out / "results.csv").open() as fh:
+        assert list(csv.DictReader(fh)) == rows
