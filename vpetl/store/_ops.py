@@ -85,11 +85,21 @@ def _raise_status(status: int, task: str, version: int | None) -> None:
     raise StoreError(f"unexpected script status {status!r}")
 
 
-def publish(task: str, data: bytes, meta: Mapping[str, Any]) -> Op[VersionRecord]:
+def check_job_id(job_id: object) -> str:
+    """A training job id as the store takes it: 1–64 lower-case hex digits (what ``JobQueue.submit`` makes)."""
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 64 or not all(c in "0123456789abcdef" for c in job_id):
+        raise InvalidRequest(f"invalid job id {job_id!r}: expected 1-64 lower-case hex digits")
+    return job_id
+
+
+def publish(task: str, data: bytes, meta: Mapping[str, Any], job_id: str | None = None) -> Op[VersionRecord]:
     """One script writes bytes, record and pointer (version = latest+1) and publishes the event; the task index
     is updated before it (a failed publish leaves a name readers skip) and after it (a concurrent delete may have
-    removed the name in between)."""
+    removed the name in between). With ``job_id`` the publish is idempotent per job: the same script returns the
+    version that job already published, if any, instead of making another."""
     k.check_task(task)
+    if job_id is not None:
+        check_job_id(job_id)
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise InvalidRequest("adapter data must be non-empty bytes")
     data = bytes(data)
@@ -99,11 +109,11 @@ def publish(task: str, data: bytes, meta: Mapping[str, Any]) -> Op[VersionRecord
     yield Command(("SADD", k.TASKS, task))
     reply = yield Script(
         "publish",
-        (k.task_key(task), k.versions_key(task), k.blobs_key(task)),
-        (task, body, now, sha256, k.EVENTS_CHANNEL, data),
+        (k.task_key(task), k.versions_key(task), k.blobs_key(task), k.task_jobs_key(task)),
+        (task, body, now, sha256, k.EVENTS_CHANNEL, data, job_id or ""),
     )
     yield Command(("SADD", k.TASKS, task))
-    if int(reply[0]) != lua.OK:
+    if int(reply[0]) not in (lua.OK, lua.ALREADY):
         raise StoreError(f"unexpected publish script status {reply[0]!r}")
     return parse_record(reply[1])
 
@@ -122,6 +132,13 @@ def get(task: str, version: int | None, with_blob: bool) -> Op[tuple[VersionReco
         _raise_status(int(reply[0]), task, version)
     record = parse_record(reply[1])
     return record, (reply[2] if with_blob else None)
+
+
+def job_version(task: str, job_id: str) -> Op[int | None]:
+    """The version training job ``job_id`` published to ``task`` (``None``: it has not published one)."""
+    k.check_task(task)
+    check_job_id(job_id)
+    return parse_int((yield Command(("HGET", k.task_jobs_key(task), job_id))))
 
 
 def get_blob(task: str, sha256: str) -> Op[bytes | None]:
@@ -179,7 +196,7 @@ def delete(task: str) -> Op[dict[str, int]]:
     k.check_task(task)
     reply = yield Script(
         "delete",
-        (k.task_key(task), k.versions_key(task), k.blobs_key(task)),
+        (k.task_key(task), k.versions_key(task), k.blobs_key(task), k.task_jobs_key(task)),
         (task, k.EVENTS_CHANNEL),
     )
     # the index entry goes after the data (a crash in between leaves a name readers skip); a publish that

@@ -17,9 +17,20 @@ OK = 1
 NO_TASK = 0
 NO_VERSION = -1
 NO_BLOB = -2
+ALREADY = 2  # publish: this job id had already published (the reply holds that version's record)
 
-# KEYS: task, versions, blobs. ARGV: task, record body (JSON without version), now, sha256, channel, bytes.
+# KEYS: task, versions, blobs, jobs. ARGV: task, record body (JSON without version), now, sha256, channel, bytes,
+# job id ('' = none). Reply: {1, record} for a new version, {2, record} when this job id already published one.
 PUBLISH = """
+-- a training job publishes at most one version: a retry (the worker died after publishing, or a takeover) gets
+-- the version its job already made, in the same atomic step that would otherwise have made a new one
+if ARGV[7] ~= '' then
+  local done = redis.call('HGET', KEYS[4], ARGV[7])
+  if done then
+    local earlier = redis.call('HGET', KEYS[2], done)
+    if earlier then return {2, earlier} end
+  end
+end
 -- the bytes come with the script, so the blob, the record and the pointer appear together or not at all
 redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[6])
 local v = redis.call('HINCRBY', KEYS[1], 'latest', 1)
@@ -28,6 +39,7 @@ redis.call('HSET', KEYS[2], v, record)
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
 -- the pointer moves last (the script is atomic anyway; this keeps the order right if it ever is not)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'current', v)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[7], v) end
 redis.call('PUBLISH', ARGV[5], cjson.encode({event='publish', task=ARGV[1], version=v, sha256=ARGV[4]}))
 return {1, record}
 """
@@ -71,14 +83,15 @@ redis.call('PUBLISH', ARGV[4], cjson.encode({event='rollback', task=ARGV[3], ver
 return {1, record}
 """
 
-# KEYS: task, versions, blobs. ARGV: task, channel. Reply: {1, versions removed, blobs freed}.
+# KEYS: task, versions, blobs, jobs. ARGV: task, channel. Reply: {1, versions removed, blobs freed}.
 DELETE = """
 local current = redis.call('HGET', KEYS[1], 'current')
 if not current then return {0} end
 local current_sha = string.match(redis.call('HGET', KEYS[2], current) or '', '"sha256":"(%x+)"')
 local versions = redis.call('HLEN', KEYS[2])
 local freed = redis.call('HLEN', KEYS[3])
-redis.call('DEL', KEYS[2], KEYS[3])
+-- the job -> version map goes too: it names versions that no longer exist
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 -- 'latest' stays, so a re-created task never reuses a version number: (task, version) names one artifact forever
 redis.call('HDEL', KEYS[1], 'current', 'created_at', 'updated_at')
 redis.call('PUBLISH', ARGV[2], cjson.encode({event='delete', task=ARGV[1], version=tonumber(current),

@@ -16,7 +16,9 @@ they differ only in whether a Redis call blocks or is awaited. Guarantees:
 All of one task's keys share a hash tag, so each operation on a task is one script on one slot and the same code
 runs on a standalone Redis and on Redis Cluster (URL schemes in ``vpetl.store.clients``; layout in ``keys``).
 A client built from a URL retries connection errors with a short backoff, so the store survives a Redis restart.
-A retried publish whose first attempt did run on the server makes one extra version (same bytes): harmless.
+A retried publish whose first attempt did run on the server makes one extra version (same bytes): harmless —
+and a publish that names its training ``job_id`` is idempotent: the job's version is recorded in the task's slot
+(``vpetl:{<task>}:jobs``) by the publish script itself, and a second publish for that job returns it.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class AdapterStore:
         except StopIteration as done:
             return done.value
 
-    def publish(self, task: str, data: bytes, meta: Mapping[str, Any] | None = None) -> VersionRecord:
+    def publish(
+        self, task: str, data: bytes, meta: Mapping[str, Any] | None = None, *, job_id: str | None = None
+    ) -> VersionRecord:
         """Store ``data`` as the task's next version and make it current.
 
         Args:
@@ -91,8 +95,14 @@ class AdapterStore:
             meta: JSON-able metadata stored as-is in the record (method, trainable_params, num_classes, metrics,
                 backbone, backbone_sha256, labels, …); ``version``, ``task``, ``sha256``, ``size`` and
                 ``created_at`` are the store's and override same-named keys.
+            job_id: the training job publishing (hex id): if that job already published a version of this task,
+                its record is returned and nothing is written (a retried or taken-over job publishes once).
         """
-        return self._run(_ops.publish(task, data, meta or {}))
+        return self._run(_ops.publish(task, data, meta or {}, job_id))
+
+    def job_version(self, task: str, job_id: str) -> int | None:
+        """The version training job ``job_id`` published to ``task``, or ``None``."""
+        return self._run(_ops.job_version(task, job_id))
 
     def get_pointer(self, task: str) -> int | None:
         """The task's current version, or ``None`` if the task does not exist."""
@@ -187,9 +197,15 @@ class AsyncAdapterStore:
         except StopIteration as done:
             return done.value
 
-    async def publish(self, task: str, data: bytes, meta: Mapping[str, Any] | None = None) -> VersionRecord:
+    async def publish(
+        self, task: str, data: bytes, meta: Mapping[str, Any] | None = None, *, job_id: str | None = None
+    ) -> VersionRecord:
         """See :meth:`AdapterStore.publish`."""
-        return await self._run(_ops.publish(task, data, meta or {}))
+        return await self._run(_ops.publish(task, data, meta or {}, job_id))
+
+    async def job_version(self, task: str, job_id: str) -> int | None:
+        """See :meth:`AdapterStore.job_version`."""
+        return await self._run(_ops.job_version(task, job_id))
 
     async def get_pointer(self, task: str) -> int | None:
         """See :meth:`AdapterStore.get_pointer`."""

@@ -10,6 +10,7 @@ Adapters (``vpetl.store.adapters``)::
     vpetl:{<task>}:task        hash    current, latest, created_at, updated_at
     vpetl:{<task>}:versions    hash    version -> JSON VersionRecord (never rewritten)
     vpetl:{<task>}:blobs       hash    sha256 -> immutable artifact bytes (content-addressed within the task)
+    vpetl:{<task>}:jobs        hash    training job id -> the version that job published (idempotent publish)
     vpetl:tasks                set     index: task names that may exist (see below)
     vpetl:events               channel {"event", "task", "version", "sha256"} JSON; ids only, never bytes
 
@@ -23,7 +24,8 @@ Jobs (``vpetl.store.jobs``), all under one hash tag so a submit stays one MULTI/
 
     vpetl:{jobs}:stream        stream  job ids, consumer group "workers"
     vpetl:{jobs}:index         zset    job id -> submit time
-    vpetl:{jobs}:job:<id>      hash    state, params, progress, result, …
+    vpetl:{jobs}:job:<id>      hash    state, params, progress, result, attempts, dead_letter, …
+    vpetl:{jobs}:deadletter    stream  jobs given up after max attempts (job_id, error, attempts, worker)
 
 Design choices:
 
@@ -64,6 +66,7 @@ CLIP_TASKS = PREFIX + "cliptasks"
 JOBS_TAG = PREFIX + "{jobs}:"
 JOB_STREAM = JOBS_TAG + "stream"
 JOB_INDEX = JOBS_TAG + "index"
+JOB_DEAD_LETTER = JOBS_TAG + "deadletter"
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -101,6 +104,12 @@ def versions_key(task: str) -> str:
 def blobs_key(task: str) -> str:
     """Hash sha256 -> artifact bytes of the task's versions (content-addressed within the task)."""
     return _tagged(task, "blobs")
+
+
+def task_jobs_key(task: str) -> str:
+    """Hash training job id -> version it published. It lives in the task's slot (not under ``{jobs}``) so the
+    publish script itself records it: "already published by this job?" and the publish are one atomic step."""
+    return _tagged(task, "jobs")
 
 
 def clips_key(task: str) -> str:
