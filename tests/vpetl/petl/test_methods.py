@@ -357,6 +357,18 @@ def test_vpt_shallow_and_deep(backbones: dict[str, Backbone]) -> None:
         tokens = shallow.backbone.forward_tokens(_clip(shallow.backbone))
         plain = backbones[name].forward_tokens(_clip(shallow.backbone))
         assert tokens.shape == plain.shape  # prompts dropped after the last block
+        deep = create_model(backbones[name], make_config("vpt", num_tokens=3, deep=True), K)
+        depth = len(deep.backbone.blocks)
+        assert sorted(k for k in deep.expected_shapes() if k.endswith("vpt.prompts")) == sorted(
+            f"blocks.{i}.vpt.prompts" for i in range(depth)
+        )  # one prompt set per block
+        with torch.no_grad():  # deep prompts of a later block must reach the output (shallow ones cannot)
+            clip = _clip(deep.backbone)
+            before = deep.backbone.forward_tokens(clip)
+            prompts = deep.backbone.blocks[depth - 1].adapters.vpt.prompts
+            prompts.add_(torch.randn_like(prompts))  # random: a constant shift per token would vanish in LayerNorm
+            after = deep.backbone.forward_tokens(clip)
+        assert before.shape == plain.shape and not torch.allclose(before, after)
 
 
 def test_st_adapter_num_layers(backbones: dict[str, Backbone]) -> None:
