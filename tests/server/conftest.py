@@ -36,13 +36,14 @@ def _mp4(path: Path, seed: int, frames: int = 16, size: int = 64) -> bytes:
 
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Named clip bodies: ``ok``/``ok2``/``ok3`` are real 16-frame 64² mp4s; the rest are broken on purpose."""
+    """Named clip bodies: ``ok``/``ok2``/``ok3``/``ok4`` are real 16-frame 64² mp4s; the rest are broken on purpose."""
     root = tmp_path_factory.mktemp("clips")
     ok = _mp4(root / "ok.mp4", 0)
     return {
         "ok": ok,
         "ok2": _mp4(root / "ok2.mp4", 1),
         "ok3": _mp4(root / "ok3.mp4", 2),
+        "ok4": _mp4(root / "ok4.mp4", 4),
         "truncated": ok[: len(ok) // 3],
         "random": np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
         "empty": b"",

@@ -37,11 +37,10 @@ def client(services: Services) -> Iterator[TestClient]:
 
 
 def test_job_lifecycle_over_http(client: TestClient, services: Services, clips: dict[str, bytes]) -> None:
-    for i, (name, label) in enumerate([("ok", "walk"), ("ok2", "run"), ("ok3", "walk"), ("ok", "jump")]):
-        data = clips[name] if i < 3 else clips["ok"][:-7] + b"\x00" * 7  # a 4th, distinct clip
-        r = client.post("/datasets/jobtask/clips", params={"label": label}, content=data,
+    for name, label in [("ok", "walk"), ("ok2", "run"), ("ok3", "walk"), ("ok4", "jump")]:
+        r = client.post("/datasets/jobtask/clips", params={"label": label}, content=clips[name],
                         headers={"content-type": "video/mp4"})
-        assert r.status_code in (201, 400), r.text  # the last one may not decode: then it is refused (400)
+        assert r.status_code == 201, r.text
     created = client.post("/jobs", json={"task": "jobtask", "method": "linear", "epochs": 1, "batch_size": 2})
     assert created.status_code == 202, created.text
     job_id = created.json()["job_id"]
