@@ -4,8 +4,10 @@ One :class:`~vpetl.protocol.InputSpec` drives the whole path, so the server, the
 same model input from the same file:
 
 1. **open** a path or bytes with decord (only the frames a clip needs are decoded, via ``get_batch``), after
-   checking the container's metadata against :class:`VideoLimits` (a 10-hour 4K upload is refused before any
-   frame is decoded);
+   checking the container's metadata against :class:`VideoLimits` (frame size, frame count and duration, each on
+   its own: a 10-hour or an 8K upload is refused before any frame is decoded); frames more than twice the model's
+   size per side are decoded already scaled to ``spec.resize_short`` (:func:`decode_dims`), so memory per clip
+   follows the model's input size, not the upload's;
 2. **sample** frame indices: ``dense`` (``num_frames`` at ``sampling_rate``; random start when training, centred
    at test, the end frame repeated when the video is too short) or ``uniform`` (TSN segments over the whole clip);
 3. **resize / crop**: short side to ``spec.resize_short`` then a centre crop of ``spec.size`` (test), or a
@@ -34,15 +36,26 @@ import numpy as np
 
 from vpetl.errors import InvalidVideo
 from vpetl.protocol import InputSpec
+from vpetl.transforms import (
+    MULTI_SCALES,
+    RngLike,
+    as_rng,
+    center_crop,
+    multi_scale_crop,
+    multi_scale_crop_box,
+    normalize,
+    resample,
+    resize,
+    resize_short_side,
+    short_side_dims,
+    spatial_crop_offsets,
+)
 
 VideoSource = str | os.PathLike[str] | bytes | bytearray | memoryview
-RngLike = np.random.Generator | int | None
-
-#: Scales of GroupMultiScaleCrop as in TSN / VideoMAE / V-PETL (fractions of the short side).
-MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 
 __all__ = [
-    "MULTI_SCALES", "VideoInfo", "VideoLimits", "DEFAULT_LIMITS", "decode_info", "sample_indices", "read_frames",
+    "MULTI_SCALES", "VideoInfo", "VideoLimits", "DEFAULT_LIMITS", "decode_info", "decode_dims", "sample_indices",
+    "read_frames",
     "resize", "resize_short_side", "short_side_dims", "center_crop", "spatial_crop_offsets", "multi_scale_crop_box",
     "multi_scale_crop", "normalize", "preprocess", "load_clip", "load_views",
 ]
@@ -50,19 +63,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class VideoLimits:
-    """Bounds checked from metadata before any frame is decoded.
+    """Bounds checked from metadata before any frame is decoded, each on its own (none is traded against another).
 
-    ``frames × height × width`` must stay within ``max_frames × max_pixels`` (default: 4096 frames of 1080p), and a
-    single frame within ``max_frame_pixels`` (one decoded frame is allocated whole, whatever the clip length).
+    - ``max_frame_pixels``: pixels of one frame (the decoder allocates whole frames, whatever the clip length;
+      ``max_pixels``, when set, is a second per-frame bound kept for callers of the old two-field form);
+    - ``max_frames``: frames in the container (decord indexes all of them on open);
+    - ``max_duration_s``: seconds of video (when the stream declares a frame rate).
     """
 
-    max_frames: int = 4096
-    max_pixels: int = 1920 * 1080
+    max_frames: int = 108_000  # one hour at 30 fps
+    max_pixels: int | None = None
     max_frame_pixels: int = 7680 * 4320
+    max_duration_s: float = 3600.0
 
     @property
-    def max_voxels(self) -> int:
-        return self.max_frames * self.max_pixels
+    def frame_pixels(self) -> int:
+        """The per-frame bound in force."""
+        return min(self.max_frame_pixels, self.max_pixels or self.max_frame_pixels)
 
 
 DEFAULT_LIMITS = VideoLimits()
@@ -195,35 +212,75 @@ def _probe_dims(src: str | bytes, name: str) -> tuple[int, int, float] | None:
         return None
 
 
-def _check_limits(name: str, num_frames: int, height: int, width: int, limits: VideoLimits) -> None:
+def _check_size(name: str, height: int, width: int, limits: VideoLimits) -> None:
     if height <= 0 or width <= 0:
         raise InvalidVideo(f"{name}: the video stream has no frame size")
-    if height * width > limits.max_frame_pixels:
+    if height * width > limits.frame_pixels:
         raise InvalidVideo(
-            f"{name}: frames of {width}x{height} are too large (limit {limits.max_frame_pixels} pixels per frame)"
+            f"{name}: frames of {width}x{height} are too large (limit {limits.frame_pixels} pixels per frame)"
         )
-    if num_frames * height * width > limits.max_voxels:
+
+
+def _check_length(name: str, num_frames: int, fps: float, limits: VideoLimits) -> None:
+    if num_frames > limits.max_frames:
         raise InvalidVideo(
-            f"{name}: too large to decode: {num_frames} frames of {width}x{height} exceeds the limit of "
-            f"{limits.max_frames} frames x {limits.max_pixels} pixels"
+            f"{name}: too large to decode: {num_frames} frames exceeds the limit of {limits.max_frames} frames"
         )
+    if fps > 0 and num_frames / fps > limits.max_duration_s:
+        raise InvalidVideo(
+            f"{name}: too long: {num_frames / fps:.0f} s exceeds the limit of {limits.max_duration_s:g} s"
+        )
+
+
+def decode_dims(height: int, width: int, spec: InputSpec | None) -> tuple[int, int] | None:
+    """(height, width) to ask the decoder for, or None to decode at the source size.
+
+    Frames more than twice the model's short-side resize per side are scaled *by the decoder* (ffmpeg's scaler,
+    on open) straight to ``spec.resize_short``: a request never holds frames above 4x the model's pixel count, and
+    numpy never resamples a full-resolution frame. Smaller frames decode as they are and take the numpy resample
+    (bit-identical to the pure-numpy path, and what the tests pin). The two paths differ on large sources by the
+    scaler: 1080p/480p synthetic clips measured mean |diff| ~1 and p99 4 of 255 levels, max ~60 at sharp colour
+    edges (the decoder scales chroma before the RGB conversion); see BENCHMARKS.md "Data".
+    """
+    if spec is None:
+        return None
+    rh, rw = short_side_dims(height, width, spec.resize_short)
+    if height * width <= 4 * rh * rw:
+        return None
+    return rh, rw
 
 
 @contextlib.contextmanager
-def _open(source: VideoSource, limits: VideoLimits) -> Iterator[tuple[Any, VideoInfo, str]]:
-    """Yield ``(decord reader, info, name)`` after every metadata check; map every decode error to InvalidVideo."""
+def _open(source: VideoSource, limits: VideoLimits,
+          spec: InputSpec | None = None) -> Iterator[tuple[Any, VideoInfo, str]]:
+    """Yield ``(decord reader, info, name)`` after every metadata check; map every decode error to InvalidVideo.
+
+    With ``spec``, large frames are decoded already scaled (:func:`decode_dims`); ``info`` keeps the source size.
+    """
     name = _describe(source)
     src = _check_source(source)
     decord = _decord()
     errors = _decode_errors()
-    with _quiet_stderr():
-        probed = _probe_dims(src, name)
+
+    def reader_for(dims: tuple[int, int] | None) -> Any:
+        height, width = dims if dims is not None else (-1, -1)
         try:
-            reader = decord.VideoReader(io.BytesIO(src) if isinstance(src, bytes) else src, ctx=decord.cpu(0))
+            return decord.VideoReader(io.BytesIO(src) if isinstance(src, bytes) else src, ctx=decord.cpu(0),
+                                      width=width, height=height)
         except errors as exc:
             raise InvalidVideo(f"{name}: not a readable video (corrupt, truncated or not a video file)") from exc
+
+    with _quiet_stderr():
+        probed = _probe_dims(src, name)
+        if probed is not None:  # refuse oversized frames before decord allocates anything
+            _check_size(name, probed[0], probed[1], limits)
+        reader = reader_for(decode_dims(probed[0], probed[1], spec) if probed is not None else None)
         try:
             info = _checked_info(reader, probed, name, limits, errors)
+            if probed is None and (dims := decode_dims(info.height, info.width, spec)) is not None:
+                # no header probe (the edge without PyAV): frame 0 told the size; reopen scaled
+                _close(reader)
+                reader = reader_for(dims)
         except BaseException:
             _close(reader)
             raise
@@ -239,18 +296,19 @@ def _checked_info(reader: Any, probed: tuple[int, int, float] | None, name: str,
     num_frames = len(reader)
     if num_frames <= 0:
         raise InvalidVideo(f"{name}: the video has no frames")
-    if num_frames > limits.max_voxels:  # hopeless whatever the frame size: refuse before decoding anything
-        _check_limits(name, num_frames, 1, 1, limits)
+    _check_length(name, num_frames, probed[2] if probed is not None else 0.0, limits)
     try:
         if probed is None:
-            # No header probe available: the frame size is only known from one decoded frame.
+            # No header probe available: the frame size is only known from one decoded frame (the per-frame
+            # pixel bound then applies after that one frame).
             height, width = (int(v) for v in _to_numpy(reader.get_batch([0])).shape[1:3])
             fps = float(reader.get_avg_fps())
         else:
             height, width, fps = probed
     except errors as exc:
         raise InvalidVideo(f"{name}: the first frame cannot be decoded (corrupt video)") from exc
-    _check_limits(name, num_frames, height, width, limits)
+    _check_size(name, height, width, limits)
+    _check_length(name, num_frames, fps, limits)
     return VideoInfo(num_frames=num_frames, height=height, width=width, fps=fps)
 
 
@@ -309,10 +367,6 @@ def read_frames(source: VideoSource, indices: Sequence[int] | np.ndarray, *,
 # Sampling
 
 
-def _as_rng(rng: RngLike) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 def sample_indices(
     num_video_frames: int,
     num_frames: int,
@@ -341,7 +395,7 @@ def sample_indices(
         span = (num_frames - 1) * sampling_rate + 1
         room = max(num_video_frames - span, 0)
         if train:
-            start = int(_as_rng(rng).integers(0, room + 1))
+            start = int(as_rng(rng).integers(0, room + 1))
         elif num_clips == 1:
             start = room // 2
         else:
@@ -350,177 +404,13 @@ def sample_indices(
     elif sampling == "uniform":
         segment = num_video_frames / num_frames
         if train:
-            offsets = _as_rng(rng).random(num_frames)
+            offsets = as_rng(rng).random(num_frames)
         else:
             offsets = np.full(num_frames, (clip_index + 0.5) / num_clips)
         indices = np.floor((steps + offsets) * segment).astype(np.int64)
     else:
         raise ValueError(f"unknown sampling {sampling!r}: expected 'dense' or 'uniform'")
     return np.minimum(indices, num_video_frames - 1)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Spatial transforms (frames are (T, H, W, C); uint8 or float in 0..255)
-
-
-def _resample(frames: np.ndarray, top: float, left: float, box_h: float, box_w: float,
-              out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resample of the box ``(top, left, box_h, box_w)`` (source pixels) to ``(out_h, out_w)``: float32.
-
-    Half-pixel centres (as cv2/PIL/torch ``align_corners=False``); borders clamp. When shrinking by 2× or more, a
-    box average over whole pixel blocks runs first so the result does not alias (bilinear alone skips pixels).
-    Pure numpy, vectorised over all frames, deterministic. Measured against decord's resize-on-open (320×240 →
-    256 short side, 16 frames): as fast for the test crop and ≈30% faster for training crops (decord must resize
-    the whole frame, then numpy resamples the crop again), and it does not depend on the decoder build.
-    """
-    t, h, w, c = frames.shape
-    if (box_h == out_h and box_w == out_w and float(top).is_integer() and float(left).is_integer()
-            and 0 <= top and top + box_h <= h and 0 <= left and left + box_w <= w):
-        # An integer crop at scale 1 (e.g. a centre crop with no resize): no interpolation at all.
-        return frames[:, int(top):int(top) + out_h, int(left):int(left) + out_w].astype(np.float32)
-    ky, kx = max(int(box_h // out_h), 1), max(int(box_w // out_w), 1)
-    src: np.ndarray = frames
-    if ky > 1 or kx > 1:
-        hh, ww = h // ky * ky, w // kx * kx
-        # (T, hh, ww, C) -> (T, hh/ky, ky, ww/kx, kx, C) -> mean over each ky×kx block -> (T, hh/ky, ww/kx, C)
-        src = frames[:, :hh, :ww].reshape(t, hh // ky, ky, ww // kx, kx, c).mean(axis=(2, 4), dtype=np.float32)
-        top, left, box_h, box_w = top / ky, left / kx, box_h / ky, box_w / kx
-        h, w = hh // ky, ww // kx
-
-    def axis(start: float, length: float, out: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = start + (np.arange(out, dtype=np.float64) + 0.5) * (length / out) - 0.5
-        pos = np.clip(pos, 0, limit - 1)
-        lo = np.floor(pos).astype(np.intp)
-        hi = np.minimum(lo + 1, limit - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, wy = axis(top, box_h, out_h, h)
-    x0, x1, wx = axis(left, box_w, out_w, w)
-    # Columns first, gathered from the still-uint8 rows the box touches (the cheapest pass runs on the most data);
-    # (T, rows, W, C) is viewed as (T, rows, W*C) so a column gather is one np.take on the contiguous last axis.
-    rmin, rmax = int(y0.min()), int(y1.max()) + 1
-    flat = src[:, rmin:rmax].reshape(t, rmax - rmin, w * c)  # (T, rows, W*C)
-    channels = np.arange(c)
-    i0 = (x0[:, None] * c + channels).ravel()  # (out_w*C,) flat column indices
-    i1 = (x1[:, None] * c + channels).ravel()
-    left_px = np.take(flat, i0, axis=2).astype(np.float32)  # (T, rows, out_w*C)
-    right_px = np.take(flat, i1, axis=2).astype(np.float32)
-    right_px -= left_px
-    right_px *= np.repeat(wx, c)
-    left_px += right_px
-    top_px = left_px[:, y0 - rmin]  # (T, out_h, out_w*C)
-    bottom_px = left_px[:, y1 - rmin]
-    bottom_px -= top_px
-    bottom_px *= wy[None, :, None]
-    top_px += bottom_px
-    return top_px.reshape(t, out_h, out_w, c)  # (T, out_h, out_w, C)
-
-
-def _like(result: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """Cast a float32 resample back to the input dtype (uint8 rounds half up; values are already in range)."""
-    if frames.dtype == np.uint8:
-        return (result + 0.5).astype(np.uint8)
-    return result.astype(frames.dtype, copy=False)
-
-
-def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (T, H, W, C) frames to (T, height, width, C); keeps the dtype."""
-    _, h, w, _ = frames.shape
-    if (h, w) == (height, width):
-        return frames
-    return _like(_resample(frames, 0.0, 0.0, h, w, height, width), frames)
-
-
-def short_side_dims(height: int, width: int, short: int) -> tuple[int, int]:
-    """(height, width) after scaling so that the shorter side is ``short`` (aspect ratio kept, rounded)."""
-    if height <= width:
-        return short, max(int(round(width * short / height)), 1)
-    return max(int(round(height * short / width)), 1), short
-
-
-def resize_short_side(frames: np.ndarray, short: int) -> np.ndarray:
-    """Resize so the shorter side equals ``short`` (bilinear; keeps the dtype)."""
-    return resize(frames, *short_side_dims(frames.shape[1], frames.shape[2], short))
-
-
-def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size × size`` window (frames must be at least that large)."""
-    _, h, w, _ = frames.shape
-    if h < size or w < size:
-        raise ValueError(f"cannot crop {size}x{size} from {w}x{h} frames")
-    top, left = (h - size) // 2, (w - size) // 2
-    return frames[:, top:top + size, left:left + size]
-
-
-def spatial_crop_offsets(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
-    """(top, left) of ``num_crops`` square crops spread evenly along the long side (one crop: the centre).
-
-    This is the test-time "3 spatial crops" of VideoMAE/V-PETL: after a short-side resize they slide along the long
-    axis only, so on a square frame all crops coincide.
-    """
-    if num_crops < 1:
-        raise ValueError("num_crops must be >= 1")
-    cy, cx = (height - size) // 2, (width - size) // 2
-    if num_crops == 1:
-        return [(cy, cx)]
-    if width >= height:
-        return [(cy, int(round(k * (width - size) / (num_crops - 1)))) for k in range(num_crops)]
-    return [(int(round(k * (height - size) / (num_crops - 1))), cx) for k in range(num_crops)]
-
-
-def multi_scale_crop_box(
-    height: int,
-    width: int,
-    size: int,
-    rng: RngLike = None,
-    *,
-    scales: Sequence[float] = MULTI_SCALES,
-    max_distort: int = 1,
-    more_fix_crop: bool = True,
-) -> tuple[int, int, int, int]:
-    """A GroupMultiScaleCrop box ``(top, left, crop_h, crop_w)`` as in TSN/VideoMAE (``fix_crop=True``).
-
-    Crop sides are ``scale × short side`` for each scale (snapped to ``size`` within 3 px); height and width
-    scales may differ by at most ``max_distort`` steps; the offset is one of 5 (13 with ``more_fix_crop``) fixed
-    positions (corners, centre, edge centres, quarter points).
-    """
-    gen = _as_rng(rng)
-    base = min(height, width)
-    sides = [int(base * s) for s in scales]
-    sides = [size if abs(s - size) < 3 else s for s in sides]
-    pairs = [(sh, sw) for i, sh in enumerate(sides) for j, sw in enumerate(sides) if abs(i - j) <= max_distort]
-    crop_h, crop_w = pairs[int(gen.integers(len(pairs)))]
-    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
-    hs, ws = (height - crop_h) // 4, (width - crop_w) // 4
-    offsets = [(0, 0), (0, 4 * ws), (4 * hs, 0), (4 * hs, 4 * ws), (2 * hs, 2 * ws)]
-    if more_fix_crop:
-        offsets += [(2 * hs, 0), (2 * hs, 4 * ws), (4 * hs, 2 * ws), (0, 2 * ws),
-                    (hs, ws), (hs, 3 * ws), (3 * hs, ws), (3 * hs, 3 * ws)]
-    top, left = offsets[int(gen.integers(len(offsets)))]
-    return top, left, crop_h, crop_w
-
-
-def multi_scale_crop(frames: np.ndarray, size: int, rng: RngLike = None, *,
-                     scales: Sequence[float] = MULTI_SCALES, max_distort: int = 1,
-                     more_fix_crop: bool = True) -> np.ndarray:
-    """GroupMultiScaleCrop: one random box shared by all frames, resized to ``size × size`` (keeps the dtype)."""
-    _, h, w, _ = frames.shape
-    top, left, ch, cw = multi_scale_crop_box(h, w, size, rng, scales=scales, max_distort=max_distort,
-                                             more_fix_crop=more_fix_crop)
-    return _like(_resample(frames, top, left, ch, cw, size, size), frames)
-
-
-def normalize(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(T, H, W, C) pixels in 0..255 → (C, T, H, W) float32 ``(x / 255 - mean) / std``."""
-    mean_ = np.asarray(mean, dtype=np.float64)
-    std_ = np.asarray(std, dtype=np.float64)
-    scale = (1.0 / (255.0 * std_)).astype(np.float32)[:, None, None, None]  # (C, 1, 1, 1)
-    shift = (-mean_ / std_).astype(np.float32)[:, None, None, None]
-    t, h, w, c = frames.shape
-    out = np.empty((c, t, h, w), dtype=np.float32)
-    np.multiply(frames.transpose(3, 0, 1, 2), scale, out=out, casting="unsafe")  # (C, T, H, W) view of the input
-    out += shift
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -550,7 +440,7 @@ def preprocess(frames: np.ndarray, spec: InputSpec, *, train: bool = False, rng:
         (top, left), = [crop] if crop is not None else spatial_crop_offsets(rh, rw, spec.size, 1)
         bh = bw = spec.size
     box = _box_in_source(h, w, spec.resize_short, top, left, bh, bw)
-    return normalize(_resample(frames, *box, spec.size, spec.size), spec.mean, spec.std)
+    return normalize(resample(frames, *box, spec.size, spec.size), spec.mean, spec.std)
 
 
 def load_clip(source: VideoSource, spec: InputSpec, *, train: bool = False, rng: RngLike = None,
@@ -561,8 +451,8 @@ def load_clip(source: VideoSource, spec: InputSpec, *, train: bool = False, rng:
     Training: random clip position and a multi-scale crop (from ``rng``: a Generator or seed, so augmentation is
     reproducible).
     """
-    gen = _as_rng(rng) if train else None
-    with _open(source, limits) as (reader, info, name):
+    gen = as_rng(rng) if train else None
+    with _open(source, limits, spec) as (reader, info, name):
         indices = sample_indices(info.num_frames, spec.num_frames, sampling=spec.sampling,
                                  sampling_rate=spec.sampling_rate, train=train, rng=gen)
         frames = _get_frames(reader, indices, name)
@@ -577,7 +467,7 @@ def load_views(source: VideoSource, spec: InputSpec, num_clips: int = 4, num_cro
     """
     if num_clips < 1 or num_crops < 1:
         raise ValueError("num_clips and num_crops must be >= 1")
-    with _open(source, limits) as (reader, info, name):
+    with _open(source, limits, spec) as (reader, info, name):
         clips = [sample_indices(info.num_frames, spec.num_frames, sampling=spec.sampling,
                                 sampling_rate=spec.sampling_rate, clip_index=i, num_clips=num_clips)
                  for i in range(num_clips)]
