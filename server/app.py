@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, FastAPI
 
 from server.errors import install_error_handlers
-from server.middleware import RequestContextMiddleware
+from server.middleware import LoopbackGuardMiddleware, RequestContextMiddleware
 from server.services import Services
 
 DESCRIPTION = (
@@ -52,6 +52,10 @@ def build_app(services: Services) -> FastAPI:
     app = FastAPI(title="vpetl", version=_version(), description=DESCRIPTION, lifespan=lifespan, docs_url="/docs")
     app.state.services = services
     install_error_handlers(app)
+    if not services.settings.admin_token:
+        # no token: the server binds loopback only (Settings.check_bind); keep browsers' pages out as well
+        app.add_middleware(LoopbackGuardMiddleware, bound_host=services.settings.host)
+    # added last = outermost: the guard's refusals get a request id and are counted too
     app.add_middleware(RequestContextMiddleware, metrics=services.metrics)
     for router in _routers():
         app.include_router(router)

@@ -19,12 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from vpetl.errors import Overloaded, Unauthorized, VpetlError
 from vpetl.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 RETRY_AFTER_S = 1  # the queue drains in milliseconds; a client backing off one second finds room
 
 _HTTP_CODES = {
@@ -91,9 +93,27 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route for {request.method} {request.url.path[:200]}; see /docs"
-    return error_response(exc.status_code, code, message, dict(exc.headers) if exc.headers else None)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route whose path matched; one path is served by
+        # several routes here (GET/PUT/DELETE /adapters/{task}), and RFC 9110 wants all of them
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path[:200]}; allowed: {headers['Allow']}"
+    return error_response(exc.status_code, code, message, headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches on the request's path (asked of the routes themselves,
+    through Starlette's ``matches``, so included routers and path converters count as they do when routing)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _on_redis_error(request: Request, exc: Exception) -> JSONResponse:

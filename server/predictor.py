@@ -135,16 +135,22 @@ class Predictor:
         adapter = self.bank.get(task, version)
         if adapter is not None:
             return adapter
+        if key not in self._load_locks:
+            # a version that does not exist fails here (UnknownVersion), before a lock is made for it: a client
+            # cycling through ?version=N for unknown N cannot grow the lock table (one cheap read, cold loads only)
+            await self.store.get_record(task, version)
         lock = self._load_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            adapter = self.bank.get(task, version)
-            if adapter is None:
-                started = time.perf_counter()
-                record, data = await self.store.get_bytes(task, version)
-                adapter = await asyncio.to_thread(self.bank.load, task, record.version, data)
-                if self.on_load is not None:
-                    self.on_load(task, time.perf_counter() - started)
-        self._load_locks.pop(key, None)
+        try:
+            async with lock:
+                adapter = self.bank.get(task, version)
+                if adapter is None:
+                    started = time.perf_counter()
+                    record, data = await self.store.get_bytes(task, version)
+                    adapter = await asyncio.to_thread(self.bank.load, task, record.version, data)
+                    if self.on_load is not None:
+                        self.on_load(task, time.perf_counter() - started)
+        finally:  # also when the load failed (a deleted version, a bad artifact): no lock outlives its load
+            self._load_locks.pop(key, None)
         return adapter
 
     async def predict(self, clip: np.ndarray, task: str, version: int | None = None, topk: int = 5) -> Prediction:

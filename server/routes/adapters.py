@@ -8,14 +8,14 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import ValidationError
 
 from server.deps import AdminDep, ServicesDep, TaskPath
 from server.routes.common import binary_body, error_responses
+from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from server.services import Services
-from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_limited, read_upload
+from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_upload
 from vpetl.artifact import adapter_sha256, convert_adapter, read_adapter_meta
-from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
+from vpetl.errors import InvalidAdapter, UnknownTask, VpetlError
 from vpetl.protocol import (
     AdapterDeleted,
     AdapterDetail,
@@ -195,18 +195,13 @@ async def put_adapter(task: TaskPath, request: Request, response: Response, serv
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": RollbackRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": json_body_schema(RollbackRequest)}},
         }
     },
 )
 async def rollback_adapter(task: TaskPath, request: Request, services: ServicesDep) -> AdapterRef:
     # The body is tiny; it is read with a bound like every other body rather than by FastAPI's unbounded reader.
-    body = await read_limited(request, MAX_JSON_BYTES, "request body")
-    try:
-        wanted = RollbackRequest.model_validate_json(body or b"null")
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:3])
-        raise InvalidRequest(f'expected a JSON body {{"version": N}}: {problems}') from None
+    wanted = parse_json_body(await read_json(request, MAX_JSON_BYTES), RollbackRequest)
     record = await services.store.rollback(task, wanted.version)
     logger.info(
         "rolled back task=%s to version=%d adapter=%s request=%s",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from server.deps import AdminDep, ServicesDep
 from server.routes.common import error_responses
+from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from vpetl.errors import DatasetError
 from vpetl.protocol import JobCreated, JobInfo, JobList, JobRequest
 from vpetl.store.jobs import job_params
@@ -16,11 +17,21 @@ from vpetl.store.jobs import job_params
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+MAX_JSON_BYTES = 64 * 1024
+
+
 @router.post(
     "", status_code=202, response_model=JobCreated, dependencies=[AdminDep],
-    summary="Queue a training job (a `vpetl worker` picks it up)", responses=error_responses(401, 403, 404, 422),
+    summary="Queue a training job (a `vpetl worker` picks it up)",
+    responses=error_responses(401, 403, 404, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": json_body_schema(JobRequest)}}}
+    },
 )  # fmt: skip
-async def create_job(request: JobRequest, services: ServicesDep) -> JobCreated:
+async def create_job(http: Request, services: ServicesDep) -> JobCreated:
+    # The body is not a FastAPI body parameter on purpose: FastAPI reads a declared body before it runs the
+    # route's dependencies, so the admin check would come after an unauthenticated client's whole body.
+    request = parse_json_body(await read_json(http, MAX_JSON_BYTES), JobRequest)
     params = job_params(request.model_dump())
     counts = await asyncio.to_thread(services.clips.counts, request.task)
     if not sum(counts.get("train", {}).values()):

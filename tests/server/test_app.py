@@ -136,7 +136,7 @@ def test_the_lifespan_can_run_twice(redis_server_url: str, tmp_path: Path, clips
     app = build_app(built)
     try:
         for run in range(2):
-            with TestClient(app) as client:
+            with TestClient(app, base_url="http://127.0.0.1") as client:  # no token: loopback Host only
                 assert client.get("/readyz").status_code == 200
                 data = make_adapter("twice", seed=run)
                 r = client.put("/adapters/twice", content=data, headers={"Content-Type": "application/octet-stream"})
