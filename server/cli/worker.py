@@ -26,7 +26,13 @@ def worker(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", envvar="VPETL_CHECKPOINT"),
     max_jobs: int | None = typer.Option(None, "--max-jobs", help="exit after this many jobs (default: run forever)"),
     claim_idle_ms: int = typer.Option(
-        60_000, "--claim-idle-ms", help="take over a job another worker left idle this long (it died)"
+        60_000, "--claim-idle-ms", envvar="VPETL_CLAIM_IDLE_MS", min=100,
+        help="take over a job whose worker stopped heartbeating this long (it died); running jobs heartbeat every "
+        "third of this",
+    ),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", envvar="VPETL_MAX_ATTEMPTS", min=1,
+        help="starts a job gets in all: after this many ended with a dead worker it is failed and dead-lettered",
     ),
     consumer: str | None = typer.Option(None, "--name", help="consumer name in the group (default host-pid)"),
     threads: int = typer.Option(2, "--threads", help="torch threads"),
@@ -62,7 +68,9 @@ def worker(
     name = consumer or default_consumer_name()
     console.print(f"[bold]vpetl worker[/] {name}: backbone {backbone} ({model.sha256()[:12]}…), waiting for jobs")
     try:
-        done = Worker(model, JobQueue(client), store, clips, name, claim_idle_ms=claim_idle_ms).run(max_jobs=max_jobs)
+        done = Worker(
+            model, JobQueue(client), store, clips, name, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts
+        ).run(max_jobs=max_jobs)
     except KeyboardInterrupt:
         done = -1
     console.print(f"worker {name} stopped after {done} job(s)" if done >= 0 else f"worker {name} interrupted")
