@@ -226,10 +226,14 @@ def predict(
 
 # ---------------------------------------------------------------------------------------------------- adapters
 @adapters_app.command("ls")
-def adapters_ls(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Every task on the server with its current adapter."""
+def adapters_ls(
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False,
+    prefix: Annotated[str | None, typer.Option(help="only task names starting with this")] = None,
+    method: Annotated[str | None, typer.Option(help="only tasks whose current adapter uses this method")] = None,
+) -> None:
+    """Every task on the server with its current adapter (fetched page by page)."""
     with handled(), client(server, token) as c:
-        items = c.adapters()
+        items = list(c.iter_adapters(prefix=prefix, method=method))
     if as_json:
         emit(items)
         return

@@ -100,6 +100,13 @@ class OnnxDownload:
     data: bytes | None = None
 
 
+class AdapterPage(AdapterList):
+    """``GET /adapters?limit=…``: a page of tasks (the server's ``AdapterPage``)."""
+
+    total: int
+    next_cursor: str | None = None
+
+
 def _error_classes() -> dict[str, type[E.VpetlError]]:
     """code → class for every error class in vpetl.errors (so a new error there maps without touching this)."""
     out: dict[str, type[E.VpetlError]] = {}
@@ -347,6 +354,26 @@ class Client:
     def adapters(self) -> list[AdapterInfo]:
         """Every task with its current version."""
         return self._get("/adapters", AdapterList).adapters
+
+    def adapters_page(self, limit: int = 100, cursor: str | None = None, prefix: str | None = None,
+                      method: str | None = None) -> AdapterPage:
+        """One page of tasks in name order (``GET /adapters?limit=``): ``next_cursor`` leads on, ``total`` counts
+        the names matching ``prefix``. A server from before paging answers the whole list (no cursor)."""
+        params = {"limit": limit, "cursor": cursor, "prefix": prefix, "method": method}
+        body = self._send("GET", "/adapters", params={k: v for k, v in params.items() if v is not None}).json()
+        body.setdefault("total", len(body.get("adapters", [])))
+        return AdapterPage.model_validate(body)
+
+    def iter_adapters(self, prefix: str | None = None, method: str | None = None,
+                      page_size: int = 500) -> Iterator[AdapterInfo]:
+        """Every matching task, page by page (bounded answers however many tasks the server holds)."""
+        cursor: str | None = None
+        while True:
+            page = self.adapters_page(page_size, cursor, prefix, method)
+            yield from page.adapters
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def adapter(self, task: str) -> AdapterDetail:
         """One task with its version history."""

@@ -17,6 +17,11 @@ from vpetl.protocol import is_valid_task_name
 from vpetl.store import is_valid_label
 
 TASK_HELP = "task name: ^[a-z0-9][a-z0-9_.-]{0,63}$, no '..'"
+# The same rule as one regular expression (no look-around, so every JSON-schema tool takes it): a dot is followed
+# by a non-dot, except as the last character; with maxLength 64. The schema states it, and ``_check_task`` (the
+# one rule in vpetl.protocol) enforces it; tests/server/test_openapi.py checks that the two agree.
+TASK_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?$"
+TASK_SCHEMA = {"pattern": TASK_PATTERN, "minLength": 1, "maxLength": 64}
 
 
 def get_services(request: Request) -> Services:
@@ -59,15 +64,22 @@ def _check_task(task: str) -> str:
     return task
 
 
-def task_path(task: Annotated[str, Path(description=TASK_HELP)]) -> str:
+def task_path(task: Annotated[str, Path(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]) -> str:
     return _check_task(task)
 
 
-def task_query(task: Annotated[str, Query(description=TASK_HELP)]) -> str:
+def task_query(task: Annotated[str, Query(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]) -> str:
     return _check_task(task)
 
 
-def label_query(label: Annotated[str, Query(description="class label: ^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")]) -> str:
+LABEL_SCHEMA = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$", "minLength": 1, "maxLength": 64}
+
+
+def label_query(
+    label: Annotated[
+        str, Query(description="class label: ^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$", json_schema_extra=LABEL_SCHEMA)
+    ],
+) -> str:
     if not is_valid_label(label):
         raise InvalidRequest(f"invalid label {label[:64]!r}: expected ^[A-Za-z0-9][A-Za-z0-9 _.-]{{0,63}}$")
     return label

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
 
-from server.deps import AdminDep, ServicesDep, TaskPath
+from server.deps import TASK_SCHEMA, AdminDep, ServicesDep, TaskPath, _check_task
 from server.routes.common import binary_body, error_responses
 from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from server.services import Services
 from server.uploads import MULTIPART_OVERHEAD, UploadForm, check_content_length, read_upload
 from vpetl.artifact import adapter_sha256, convert_adapter, read_adapter_meta
-from vpetl.errors import InvalidAdapter, UnknownTask, VpetlError
+from vpetl.errors import InvalidAdapter, InvalidRequest, VpetlError
 from vpetl.protocol import (
     AdapterDeleted,
     AdapterDetail,
@@ -26,6 +28,7 @@ from vpetl.protocol import (
     VersionInfo,
 )
 from vpetl.store import TaskSummary, VersionRecord
+from vpetl.store._ops import MAX_PAGE
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ ADAPTER_FORM = UploadForm(
     field="adapter", raw_types=("application/octet-stream", "application/vnd.safetensors"), what="adapter"
 )
 MAX_JSON_BYTES = 64 * 1024
+DEFAULT_PAGE = 100
+_NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 # What the store keeps beside each version (the rest of the artifact's config stays in the file itself).
 STORED_META = ("method", "trainable_params", "num_classes", "metrics", "backbone", "backbone_sha256", "labels")
 
@@ -76,9 +81,44 @@ def _etag_matches(if_none_match: str, sha256: str) -> bool:
     return False
 
 
-@router.get("", response_model=AdapterList, summary="Every task and its current adapter version")
-async def list_adapters(services: ServicesDep) -> AdapterList:
-    return AdapterList(adapters=[_adapter_info(s) for s in await services.store.list_tasks()])
+class AdapterPage(AdapterList):
+    """``GET /adapters``: ``adapters`` as before, plus the paging fields (absent from older servers' answers)."""
+
+    total: int = Field(..., description="tasks in the index matching `prefix` (before the `method` filter)")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last page")
+
+
+NAME_PART = {"pattern": r"^[a-z0-9_.-]{1,64}$", "minLength": 1, "maxLength": 64}
+
+
+@router.get(
+    "", response_model=AdapterPage, summary="Tasks and their current adapter versions (paged with ?limit=)",
+    responses=error_responses(422),
+)  # fmt: skip
+async def list_adapters(
+    services: ServicesDep,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_PAGE, description="page size; without it (and without cursor/prefix/method) every "
+                                             "task is listed in one answer, as before paging existed"),
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(description="`next_cursor` of the previous page", json_schema_extra=TASK_SCHEMA)
+    ] = None,
+    prefix: Annotated[str | None, Query(description="only task names starting with this",
+                                        json_schema_extra=NAME_PART)] = None,
+    method: Annotated[str | None, Query(description="only tasks whose current version uses this PETL method",
+                                        json_schema_extra=NAME_PART)] = None,
+) -> AdapterPage:
+    if cursor is not None:
+        _check_task(cursor)
+    if limit is None and cursor is None and prefix is None and method is None:
+        tasks = await services.store.list_tasks()  # the unpaged answer older clients expect
+        return AdapterPage(adapters=[_adapter_info(t) for t in tasks], total=len(tasks), next_cursor=None)
+    if any(value is not None and not _NAME_RE.fullmatch(value) for value in (prefix, method)):
+        raise InvalidRequest("prefix and method: up to 64 of [a-z0-9_.-]")
+    page = await services.store.list_page(cursor, limit or DEFAULT_PAGE, prefix or "", method)
+    return AdapterPage(adapters=[_adapter_info(t) for t in page.tasks], total=page.total, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -86,10 +126,7 @@ async def list_adapters(services: ServicesDep) -> AdapterList:
     responses=error_responses(404, 422),
 )  # fmt: skip
 async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
-    history = await services.store.history(task)
-    summary = next((s for s in await services.store.list_tasks() if s.task == task), None)
-    if summary is None:  # deleted between the two reads
-        raise UnknownTask(f"unknown task {task!r}")
+    summary, history = await services.store.detail(task)  # one script call, whatever the number of tasks
     info = _adapter_info(summary)
     versions = [_version_info(r, summary.version) for r in history]
     return AdapterDetail.model_validate({**info.model_dump(), "versions": versions})

@@ -155,7 +155,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_adapters(self, parts: list[str], query: dict[str, str]) -> None:
         s = self.state
         if not parts:
-            self._json(200, {"adapters": [_info(s, t) for t in sorted(s.current)]})
+            names = [t for t in sorted(s.current) if t.startswith(query.get("prefix", ""))]
+            names = [t for t in names if query.get("method") in (None, _info(s, t)["method"])]
+            if "limit" not in query:
+                self._json(200, {"adapters": [_info(s, t) for t in names], "total": len(names), "next_cursor": None})
+                return
+            after = [t for t in names if t > query.get("cursor", "")]
+            page = after[: int(query["limit"])]
+            more = len(after) > len(page)
+            self._json(200, {"adapters": [_info(s, t) for t in page], "total": len(names),
+                             "next_cursor": page[-1] if more else None})
             return
         task = parts[0]
         if task not in s.current:

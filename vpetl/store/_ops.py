@@ -10,6 +10,7 @@ Validation happens before the first yield: a bad task name is refused before Red
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from vpetl.store import _scripts as lua
 from vpetl.store import keys as k
 from vpetl.store.records import (
     StoreError,
+    TaskPage,
     TaskSummary,
     VersionRecord,
     parse_int,
@@ -30,6 +32,7 @@ from vpetl.store.records import (
 )
 
 T = TypeVar("T")
+_PREFIX_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,18 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
-def publish(task: str, data: bytes, meta: Mapping[str, Any], job_id: str | None = None) -> Op[VersionRecord]:
+def publish(
+    task: str, data: bytes, meta: Mapping[str, Any], job_id: str | None = None, keep: int = 0
+) -> Op[VersionRecord]:
     """One script writes bytes, record and pointer (version = latest+1) and publishes the event; the task index
     is updated before it (a failed publish leaves a name readers skip) and after it (a concurrent delete may have
     removed the name in between). With ``job_id`` the publish is idempotent per job: the same script returns the
-    version that job already published, if any, instead of making another."""
+    version that job already published, if any, instead of making another. With ``keep`` > 0 the same script
+    prunes all but the newest ``keep`` versions (the new, current one is always kept) and blobs no kept version
+    names."""
     k.check_task(task)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise InvalidRequest(f"invalid retention {keep!r}: expected an integer >= 0 (0 = keep every version)")
     if job_id is not None:
         check_job_id(job_id)
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
@@ -106,13 +115,13 @@ def publish(task: str, data: bytes, meta: Mapping[str, Any], job_id: str | None 
     sha256 = hashlib.sha256(data).hexdigest()  # computed here: a caller's claim is never trusted for the key
     now = utc_now()
     body = record_body(task, sha256, len(data), now, meta)
-    yield Command(("SADD", k.TASKS, task))
+    yield Command(("ZADD", k.TASKS_INDEX, 0, task))
     reply = yield Script(
         "publish",
         (k.task_key(task), k.versions_key(task), k.blobs_key(task), k.task_jobs_key(task)),
-        (task, body, now, sha256, k.EVENTS_CHANNEL, data, job_id or ""),
+        (task, body, now, sha256, k.EVENTS_CHANNEL, data, job_id or "", keep),
     )
-    yield Command(("SADD", k.TASKS, task))
+    yield Command(("ZADD", k.TASKS_INDEX, 0, task))
     if int(reply[0]) not in (lua.OK, lua.ALREADY):
         raise StoreError(f"unexpected publish script status {reply[0]!r}")
     return parse_record(reply[1])
@@ -166,15 +175,93 @@ def history(task: str) -> Op[list[VersionRecord]]:
     return sorted((parse_record(raw) for raw in reply[1]), key=lambda r: r.version)
 
 
-def list_tasks() -> Op[list[TaskSummary]]:
-    """Every task with its pointers and current record, sorted by name (each task read atomically; the index may
-    name tasks that no longer exist, and those are skipped)."""
-    members = yield Command(("SMEMBERS", k.TASKS))
-    names = sorted(n for n in (_text(m) for m in members) if is_valid_task_name(n))
+def _summaries(names: list[str]) -> Op[list[TaskSummary]]:
+    """The summaries of ``names`` in one pipelined round trip, skipping names without a current version."""
     if not names:
         return []
     rows = yield Batch(tuple(Script("summary", (k.task_key(t), k.versions_key(t))) for t in names))
     return [parse_summary([t, *row]) for t, row in zip(names, rows, strict=True) if row]
+
+
+def _adopt_legacy_index(members: list[bytes | str]) -> Op[None]:
+    """Move names an older process SADDed to the legacy set into the zset; SREM exactly those (a name SADDed
+    meanwhile stays for the next reader), so no live task is lost in a rolling upgrade."""
+    if members:
+        yield Command(("ZADD", k.TASKS_INDEX, *[part for m in members for part in (0, m)]))
+        yield Command(("SREM", k.TASKS, *members))
+
+
+def _names(raw: list[bytes | str]) -> list[str]:
+    return [n for n in (_text(m) for m in raw) if is_valid_task_name(n)]
+
+
+def list_tasks() -> Op[list[TaskSummary]]:
+    """Every task with its pointers and current record, sorted by name (each task read atomically; the index may
+    name tasks that no longer exist, and those are skipped)."""
+    legacy, members = yield Batch((Command(("SMEMBERS", k.TASKS)), Command(("ZRANGE", k.TASKS_INDEX, 0, -1))))
+    if legacy:
+        yield from _adopt_legacy_index(list(legacy))
+        members = yield Command(("ZRANGE", k.TASKS_INDEX, 0, -1))
+    return (yield from _summaries(_names(members)))
+
+
+MAX_PAGE = 1000
+PAGE_SCAN_CHUNKS = 8  # with a method filter, one request scans at most this many index chunks, then hands a cursor
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    # task names are ASCII, so b"\xff" sorts after every name that starts with the prefix
+    return (b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff") if prefix else (b"-", b"+")
+
+
+def list_page(
+    cursor: str | None = None, limit: int = 100, prefix: str = "", method: str | None = None
+) -> Op[TaskPage]:
+    """A page of tasks in name order after ``cursor`` (a task name from a previous page's ``next_cursor``),
+    names starting with ``prefix``, and (optionally) whose current version's method is ``method``.
+
+    O(log N + limit) store work: ``ZRANGEBYLEX`` on the index, then one pipelined summary script per name. Stale
+    index names and (with ``method``) non-matching tasks are skipped, so a page can hold fewer than ``limit``
+    tasks and still have a ``next_cursor``; ``total`` is ``ZLEXCOUNT`` of the prefix (stale names included).
+    """
+    if cursor is not None:
+        k.check_task(cursor)
+    if prefix and not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidRequest(f"invalid prefix {prefix[:80]!r}: expected up to 64 of [a-z0-9_.-]")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"invalid limit {limit!r}: expected 1..{MAX_PAGE}")
+    low, high = _prefix_range(prefix)
+    legacy, total = yield Batch((Command(("SMEMBERS", k.TASKS)), Command(("ZLEXCOUNT", k.TASKS_INDEX, low, high))))
+    if legacy:
+        yield from _adopt_legacy_index(list(legacy))
+        total = yield Command(("ZLEXCOUNT", k.TASKS_INDEX, low, high))
+    tasks: list[TaskSummary] = []
+    last, exhausted = cursor, False
+    for _ in range(PAGE_SCAN_CHUNKS if method is not None else 1):
+        want = limit - len(tasks)
+        start = b"(" + last.encode() if last is not None and last.encode() >= low[1:] else low
+        raw = yield Command(("ZRANGEBYLEX", k.TASKS_INDEX, start, high, "LIMIT", 0, want + 1))
+        exhausted = len(raw) <= want  # one extra name asked for: is there anything after this chunk?
+        names = [_text(m) for m in raw[:want]]
+        if names:
+            last = names[-1]
+        summaries = yield from _summaries([n for n in names if is_valid_task_name(n)])
+        tasks += [s for s in summaries if method is None or s.current.method == method]
+        if exhausted or len(tasks) >= limit:
+            break
+    return TaskPage(tasks=tasks, total=int(total), next_cursor=None if exhausted else last)
+
+
+def detail(task: str) -> Op[tuple[TaskSummary, list[VersionRecord]]]:
+    """One task's summary and its whole history (oldest first), read atomically in one script call: O(1) store
+    operations, whatever the number of tasks."""
+    k.check_task(task)
+    reply = yield Script("detail", (k.task_key(task), k.versions_key(task)))
+    if int(reply[0]) != lua.OK:
+        _raise_status(int(reply[0]), task, None)
+    current, latest, created, updated, record, records = reply[1:]
+    summary = parse_summary([task, current, latest, created, updated, record, len(records)])
+    return summary, sorted((parse_record(raw) for raw in records), key=lambda r: r.version)
 
 
 def rollback(task: str, version: int) -> Op[VersionRecord]:
@@ -200,10 +287,10 @@ def delete(task: str) -> Op[dict[str, int]]:
         (task, k.EVENTS_CHANNEL),
     )
     # the index entry goes after the data (a crash in between leaves a name readers skip); a publish that
-    # re-created the task meanwhile may have SADDed before our SREM, so look again and put it back
-    yield Command(("SREM", k.TASKS, task))
+    # re-created the task meanwhile may have ZADDed before our ZREM, so look again and put it back
+    yield Command(("ZREM", k.TASKS_INDEX, task))
     if int((yield Command(("HEXISTS", k.task_key(task), "current")))):
-        yield Command(("SADD", k.TASKS, task))
+        yield Command(("ZADD", k.TASKS_INDEX, 0, task))
     if int(reply[0]) != lua.OK:
         _raise_status(int(reply[0]), task, None)
     return {"versions": int(reply[1]), "blobs_freed": int(reply[2])}

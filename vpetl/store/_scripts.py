@@ -3,8 +3,9 @@
 Each single-task operation is one script, so it is atomic on the Redis server and one round trip: a reader never
 sees a pointer whose record or bytes are missing, and the sync and async stores only differ in how they await it.
 Every key a script touches comes in as ``KEYS`` (built by ``vpetl.store.keys``; all of one task's keys share a
-hash tag), so the scripts run unchanged on a standalone Redis and on Redis Cluster. The global index sets
-(``vpetl:tasks``, ``vpetl:cliptasks``) live in another slot and are maintained by the callers, outside the scripts.
+hash tag), so the scripts run unchanged on a standalone Redis and on Redis Cluster. The global indexes
+(``vpetl:tasks:index``, ``vpetl:cliptasks``) live in another slot and are maintained by the callers, outside the
+scripts.
 Scripts find a record's sha256 with a pattern match instead of decoding the caller's metadata: the store writes
 ``version``, ``task``, ``sha256`` first, and a task name cannot contain a quote, so the first ``"sha256":"…"`` is
 always the store's own.
@@ -20,7 +21,8 @@ NO_BLOB = -2
 ALREADY = 2  # publish: this job id had already published (the reply holds that version's record)
 
 # KEYS: task, versions, blobs, jobs. ARGV: task, record body (JSON without version), now, sha256, channel, bytes,
-# job id ('' = none). Reply: {1, record} for a new version, {2, record} when this job id already published one.
+# job id ('' = none), keep (retention: how many of the newest versions stay; '0' = all).
+# Reply: {1, record, versions pruned} for a new version, {2, record} when this job id already published one.
 PUBLISH = """
 -- a training job publishes at most one version: a retry (the worker died after publishing, or a takeover) gets
 -- the version its job already made, in the same atomic step that would otherwise have made a new one
@@ -41,7 +43,29 @@ redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'current', v)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[7], v) end
 redis.call('PUBLISH', ARGV[5], cjson.encode({event='publish', task=ARGV[1], version=v, sha256=ARGV[4]}))
-return {1, record}
+-- retention, in the same atomic script (same slot): keep the newest `keep` versions. The version just published
+-- is the newest and the current one, so the current version is never pruned; there is no pin to honour. A job
+-- whose version was pruned simply publishes anew if it is ever retried (its map entry names no record).
+local keep = tonumber(ARGV[8]) or 0
+local pruned = 0
+if keep > 0 and redis.call('HLEN', KEYS[2]) > keep then
+  local numbers = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do numbers[#numbers + 1] = tonumber(field) end
+  table.sort(numbers)
+  local cut = #numbers - keep
+  local kept = {}
+  for i = cut + 1, #numbers do
+    kept[string.match(redis.call('HGET', KEYS[2], numbers[i]), '"sha256":"(%x+)"')] = true
+  end
+  for i = 1, cut do
+    local sha = string.match(redis.call('HGET', KEYS[2], numbers[i]), '"sha256":"(%x+)"')
+    redis.call('HDEL', KEYS[2], numbers[i])
+    -- versions with the same bytes share one blob: free it only when no kept version names it
+    if sha and not kept[sha] then redis.call('HDEL', KEYS[3], sha) end
+    pruned = pruned + 1
+  end
+end
+return {1, record, pruned}
 """
 
 # KEYS: task, versions, blobs. ARGV: version ('' = current), '1' to return the bytes too.
@@ -70,6 +94,14 @@ SUMMARY = """
 local h = redis.call('HMGET', KEYS[1], 'current', 'latest', 'created_at', 'updated_at')
 if not h[1] then return false end
 return {h[1], h[2], h[3], h[4], redis.call('HGET', KEYS[2], h[1]), redis.call('HLEN', KEYS[2])}
+"""
+
+# KEYS: task, versions. One task's detail, read atomically in one call: {0} for no task, else
+# {1, current, latest, created_at, updated_at, current record, every version record} (O(versions kept)).
+DETAIL = """
+local h = redis.call('HMGET', KEYS[1], 'current', 'latest', 'created_at', 'updated_at')
+if not h[1] then return {0} end
+return {1, h[1], h[2], h[3], h[4], redis.call('HGET', KEYS[2], h[1]), redis.call('HVALS', KEYS[2])}
 """
 
 # KEYS: task, versions. ARGV: version, now, task, channel.
@@ -121,6 +153,7 @@ ADAPTER_SCRIPTS = {
     "get": GET,
     "history": HISTORY,
     "summary": SUMMARY,
+    "detail": DETAIL,
     "rollback": ROLLBACK,
     "delete": DELETE,
 }

@@ -38,13 +38,18 @@ from vpetl.store import keys as k
 from vpetl.store._ops import Batch, Op, Request, Script, redis_args
 from vpetl.store._scripts import ADAPTER_SCRIPTS
 from vpetl.store.clients import AsyncClient, SyncClient, async_redis_client, is_binary, redis_client
-from vpetl.store.records import TaskSummary, VersionRecord, parse_event
+from vpetl.store.records import TaskPage, TaskSummary, VersionRecord, parse_event
 
-__all__ = ["AdapterStore", "AsyncAdapterStore", "EventStream", "async_redis_client", "redis_client"]
+__all__ = [
+    "DEFAULT_KEEP_VERSIONS", "AdapterStore", "AsyncAdapterStore", "EventStream", "async_redis_client", "redis_client"
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Retention: versions kept per task (the newest ones; the current version is always among them). 0 keeps all.
+DEFAULT_KEEP_VERSIONS = 10
 
 
 def _check_binary(client: SyncClient | AsyncClient) -> None:
@@ -58,9 +63,15 @@ class AdapterStore:
     Args:
         client: a Redis URL (the store then owns and closes its client; see ``vpetl.store.clients`` for the
             schemes, Redis Cluster included) or a ``redis.Redis`` / ``redis.cluster.RedisCluster`` to share.
+        keep_versions: retention applied by every publish, in its own script: the newest ``keep_versions``
+            versions stay (the one just published, which is current, is always kept; there is no pin); older
+            records and the blobs only they used are removed. ``0`` keeps every version.
     """
 
-    def __init__(self, client: str | SyncClient) -> None:
+    def __init__(self, client: str | SyncClient, *, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
+        if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0:
+            raise ValueError(f"keep_versions must be an integer >= 0 (0 = keep all), not {keep_versions!r}")
+        self.keep_versions = keep_versions
         self._owns_client = isinstance(client, str)
         self.redis: SyncClient = redis_client(client) if isinstance(client, str) else client
         _check_binary(self.redis)
@@ -98,7 +109,7 @@ class AdapterStore:
             job_id: the training job publishing (hex id): if that job already published a version of this task,
                 its record is returned and nothing is written (a retried or taken-over job publishes once).
         """
-        return self._run(_ops.publish(task, data, meta or {}, job_id))
+        return self._run(_ops.publish(task, data, meta or {}, job_id, self.keep_versions))
 
     def job_version(self, task: str, job_id: str) -> int | None:
         """The version training job ``job_id`` published to ``task``, or ``None``."""
@@ -133,6 +144,16 @@ class AdapterStore:
     def history(self, task: str) -> list[VersionRecord]:
         """All versions of a task, oldest first. Raises UnknownTask."""
         return self._run(_ops.history(task))
+
+    def detail(self, task: str) -> tuple[TaskSummary, list[VersionRecord]]:
+        """The task's summary and its history, in one atomic script call. Raises UnknownTask."""
+        return self._run(_ops.detail(task))
+
+    def list_page(
+        self, cursor: str | None = None, limit: int = 100, prefix: str = "", method: str | None = None
+    ) -> TaskPage:
+        """A page of tasks in name order (see ``_ops.list_page``): O(log N + limit), whatever N."""
+        return self._run(_ops.list_page(cursor, limit, prefix, method))
 
     def rollback(self, task: str, version: int) -> VersionRecord:
         """Make an existing version current (atomically; event ``rollback``). Returns its record."""
@@ -171,9 +192,13 @@ class AsyncAdapterStore:
     Args:
         client: a Redis URL (the store then owns and closes its client) or a ``redis.asyncio.Redis`` /
             ``redis.asyncio.cluster.RedisCluster`` to share.
+        keep_versions: see :class:`AdapterStore`.
     """
 
-    def __init__(self, client: str | AsyncClient) -> None:
+    def __init__(self, client: str | AsyncClient, *, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
+        if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0:
+            raise ValueError(f"keep_versions must be an integer >= 0 (0 = keep all), not {keep_versions!r}")
+        self.keep_versions = keep_versions
         self._owns_client = isinstance(client, str)
         self.redis: AsyncClient = async_redis_client(client) if isinstance(client, str) else client
         _check_binary(self.redis)
@@ -201,7 +226,7 @@ class AsyncAdapterStore:
         self, task: str, data: bytes, meta: Mapping[str, Any] | None = None, *, job_id: str | None = None
     ) -> VersionRecord:
         """See :meth:`AdapterStore.publish`."""
-        return await self._run(_ops.publish(task, data, meta or {}, job_id))
+        return await self._run(_ops.publish(task, data, meta or {}, job_id, self.keep_versions))
 
     async def job_version(self, task: str, job_id: str) -> int | None:
         """See :meth:`AdapterStore.job_version`."""
@@ -236,6 +261,16 @@ class AsyncAdapterStore:
     async def history(self, task: str) -> list[VersionRecord]:
         """See :meth:`AdapterStore.history`."""
         return await self._run(_ops.history(task))
+
+    async def detail(self, task: str) -> tuple[TaskSummary, list[VersionRecord]]:
+        """See :meth:`AdapterStore.detail`."""
+        return await self._run(_ops.detail(task))
+
+    async def list_page(
+        self, cursor: str | None = None, limit: int = 100, prefix: str = "", method: str | None = None
+    ) -> TaskPage:
+        """See :meth:`AdapterStore.list_page`."""
+        return await self._run(_ops.list_page(cursor, limit, prefix, method))
 
     async def rollback(self, task: str, version: int) -> VersionRecord:
         """See :meth:`AdapterStore.rollback`."""

@@ -11,7 +11,8 @@ Adapters (``vpetl.store.adapters``)::
     vpetl:{<task>}:versions    hash    version -> JSON VersionRecord (never rewritten)
     vpetl:{<task>}:blobs       hash    sha256 -> immutable artifact bytes (content-addressed within the task)
     vpetl:{<task>}:jobs        hash    training job id -> the version that job published (idempotent publish)
-    vpetl:tasks                set     index: task names that may exist (see below)
+    vpetl:tasks:index          zset    index: task names that may exist, all score 0 (lexicographic: pages)
+    vpetl:tasks                set     legacy index (before the zset); readers move its names over, then SREM
     vpetl:events               channel {"event", "task", "version", "sha256"} JSON; ids only, never bytes
 
 Clips (``vpetl.store.clips``)::
@@ -38,11 +39,16 @@ Design choices:
   which sha256 the record names. The cost: the same bytes published under two tasks are stored twice
   (cross-task dedup is dropped; within a task, re-publishing the same bytes still stores them once).
 - **The index sets are in their own slot** and are maintained outside the per-task scripts, in an order that stays
-  correct under failure: publish SADDs the task to ``vpetl:tasks`` before its script and again after it; delete
-  runs its script, then SREMs, then re-checks the pointer and SADDs back if a concurrent publish re-created the
-  task. The index is therefore a superset of the live tasks (a crash can leave a stale name, never drop a live
+  correct under failure: publish ZADDs the task to ``vpetl:tasks:index`` before its script and again after it;
+  delete runs its script, then ZREMs, then re-checks the pointer and ZADDs back if a concurrent publish re-created
+  the task. The index is therefore a superset of the live tasks (a crash can leave a stale name, never drop a live
   one except in a crash racing a concurrent delete); readers skip names without a current pointer. Clip tasks
   work the same way with ``vpetl:cliptasks`` and the clip index.
+- **The task index is a sorted set with every score 0**, so ``ZRANGEBYLEX`` returns names in byte order: a page of
+  ``GET /adapters`` is one ``ZRANGEBYLEX (<cursor> … LIMIT 0 n`` (O(log N + n)) plus one pipelined summary script
+  per name, and a name prefix is a lex range (``ZLEXCOUNT`` counts it in O(log N)). It replaced the set
+  ``vpetl:tasks``: a reader that finds names in that set (written by an older process) ZADDs them and SREMs exactly
+  those names, so a rolling upgrade loses no task.
 
 ``<task>`` is always a name that passed :func:`check_task` (``^[a-z0-9][a-z0-9_.-]{0,63}$``): it holds no braces
 or separators a key could be confused by, and ``<sha256>`` is always 64 lower-case hex digits computed by the
@@ -61,7 +67,8 @@ from vpetl.protocol import is_valid_task_name
 
 PREFIX = "vpetl:"
 EVENTS_CHANNEL = PREFIX + "events"
-TASKS = PREFIX + "tasks"
+TASKS = PREFIX + "tasks"  # the legacy set: only read (and drained into TASKS_INDEX)
+TASKS_INDEX = PREFIX + "tasks:index"
 CLIP_TASKS = PREFIX + "cliptasks"
 JOBS_TAG = PREFIX + "{jobs}:"
 JOB_STREAM = JOBS_TAG + "stream"

@@ -64,6 +64,16 @@ class TaskSummary(BaseModel):
     current: VersionRecord
 
 
+class TaskPage(BaseModel):
+    """One page of the task index (``GET /adapters?limit=``): summaries in name order and where to go on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tasks: list[TaskSummary]
+    total: int = Field(..., description="names in the index matching the prefix (before any method filter)")
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last")
+
+
 def utc_now() -> str:
     """An ISO-8601 UTC timestamp; the publisher's clock, which is good enough for display and ordering hints."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -161,11 +161,11 @@ def test_abandoned_publish_leaves_only_an_index_name_that_readers_skip(store: Ad
     stale index name is skipped by list_tasks."""
     op = _ops.publish("t1", b"orphan", META)
     first = next(op)
-    assert isinstance(first, _ops.Command) and first.args[0] == "SADD"
+    assert isinstance(first, _ops.Command) and first.args[0] == "ZADD"
     raw.execute_command(*first.args)  # ... and then the publisher "dies"
     op.close()
 
-    assert raw.smembers(k.TASKS) == {b"t1"}
+    assert raw.zrange(k.TASKS_INDEX, 0, -1) == [b"t1"]
     assert store.get_pointer("t1") is None and store.list_tasks() == []
     assert not raw.exists(k.blobs_key("t1"), k.versions_key("t1"))
     assert store.publish("t1", b"orphan", META).version == 1
@@ -372,7 +372,7 @@ def test_delete_frees_the_tasks_blobs_and_leaves_other_tasks_alone(store: Adapte
     assert raw.hgetall(k.blobs_key("b")) == {sha(shared).encode(): shared}  # b has its own copy
     assert store.get_pointer("a") is None
     assert [t.task for t in store.list_tasks()] == ["b"]
-    assert raw.smembers(k.TASKS) == {b"b"}
+    assert raw.zrange(k.TASKS_INDEX, 0, -1) == [b"b"]
     assert store.get_bytes("b") == (rb, shared)
     with pytest.raises(UnknownTask):
         store.get_record("a")
