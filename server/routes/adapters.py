@@ -140,7 +140,7 @@ async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
     responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "the client's copy (If-None-Match) is current"},
-        **error_responses(404, 422),
+        **error_responses(400, 404, 422),
     },
 )
 async def download_adapter(
@@ -151,7 +151,8 @@ async def download_adapter(
     dtype: Annotated[
         Literal["float32", "float16"] | None,
         Query(description="send the tensors as this float type (default: as stored); float16 halves the bytes of "
-                          "an fp32 adapter, and an adapter with values beyond float16's range is refused (422)"),
+                          "an fp32 adapter, and an adapter with values beyond float16's range is refused (400 "
+                          "`invalid_adapter`: the stored file cannot be sent that way)"),
     ] = None,
 ) -> Response:
     if_none_match = request.headers.get("if-none-match")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from server.deps import AdminDep, ServicesDep
+from server.deps import TASK_SCHEMA, AdminDep, ServicesDep
 from server.routes.common import error_responses
 from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from vpetl.errors import DatasetError
@@ -18,6 +18,13 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 MAX_JSON_BYTES = 64 * 1024
+JOB_ID_SCHEMA = {"pattern": "^[0-9a-f]{1,64}$"}  # what JobStore.get accepts
+
+
+def _job_request_schema() -> dict[str, Any]:
+    schema = json_body_schema(JobRequest)
+    schema["properties"]["task"].update(TASK_SCHEMA)  # job_params checks the task name like every route does
+    return schema
 
 
 @router.post(
@@ -25,7 +32,7 @@ MAX_JSON_BYTES = 64 * 1024
     summary="Queue a training job (a `vpetl worker` picks it up)",
     responses=error_responses(401, 403, 404, 413, 415, 422),
     openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": json_body_schema(JobRequest)}}}
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _job_request_schema()}}}
     },
 )  # fmt: skip
 async def create_job(http: Request, services: ServicesDep) -> JobCreated:
@@ -54,6 +61,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobInfo, summary="One job: state, progress, result or error",
             responses=error_responses(404, 422))
 async def get_job(
-    services: ServicesDep, job_id: Annotated[str, Path(max_length=64, description="id from POST /jobs")]
+    services: ServicesDep,
+    job_id: Annotated[str, Path(max_length=64, description="id from POST /jobs", json_schema_extra=JOB_ID_SCHEMA)],
 ) -> JobInfo:
     return JobInfo.model_validate(await asyncio.to_thread(services.jobs.get, job_id))
