@@ -25,7 +25,9 @@ DEMO_CLIPS_PER_CLASS = 24
 DEMO_EPOCHS = 8
 
 
-def _demo_adapter(backbone: Any, store: Any, task: str, preset: str, data_dir: Path) -> None:
+def _demo_adapter(
+    backbone: Any, store: Any, task: str, preset: str, data_dir: Path, *, clips_per_class: int, epochs: int
+) -> None:
     """Train and publish one demo task unless the store already has a version for this backbone."""
     from training.trainer import TrainConfig, train_adapter
     from training.worker import record_meta
@@ -45,13 +47,13 @@ def _demo_adapter(backbone: Any, store: Any, task: str, preset: str, data_dir: P
     root = synthesize(
         preset,
         data_dir / "demo-data" / preset,
-        clips_per_class=DEMO_CLIPS_PER_CLASS,
+        clips_per_class=clips_per_class,
         seed=1,
         size=80,  # even, above the demo spec's 73-px short side (it crops 64²)
     )
     train, val = open_dataset(root, "train"), open_dataset(root, "val")
     config = TrainConfig(
-        epochs=DEMO_EPOCHS,
+        epochs=epochs,
         batch_size=8,
         optimizer="adamw",
         lr=3e-3,
@@ -86,6 +88,10 @@ def up(
         help="everything vpetl up keeps: Redis AOF, backbone, clips",
     ),
     no_worker: bool = typer.Option(False, "--no-worker", help="do not run a training worker thread"),
+    demo_clips_per_class: int = typer.Option(
+        DEMO_CLIPS_PER_CLASS, "--demo-clips-per-class", min=2, help="synthetic clips per class of each demo task"
+    ),
+    demo_epochs: int = typer.Option(DEMO_EPOCHS, "--demo-epochs", min=1, help="training epochs of each demo task"),
 ) -> None:
     """Start vpetl with everything embedded: Redis, the demo backbone, two demo tasks, the local engine."""
     import torch
@@ -131,7 +137,8 @@ def up(
             registry.unregister()
         store = AdapterStore(client)
         for task, preset in DEMO_TASKS.items():
-            _demo_adapter(backbone, store, task, preset, data_dir)
+            _demo_adapter(backbone, store, task, preset, data_dir, clips_per_class=demo_clips_per_class,
+                          epochs=demo_epochs)  # fmt: skip
         console.print("[bold]3/3[/] server")
         settings = settings.model_copy(update={"redis_url": redis_server.url, "checkpoint": checkpoint})
         services = create_services(settings)
