@@ -233,6 +233,9 @@ class JobInfo(BaseModel):
     version: int | None = Field(None, description="the adapter version the job published")
     worker: str | None = None
     attempts: int = 0
+    dead_letter: str | None = Field(
+        None, description="entry id in the vpetl:{jobs}:deadletter stream when the job was given up after max attempts"
+    )
     created_at: float
     updated_at: float
     started_at: float | None = None
