@@ -38,8 +38,9 @@ import torch
 
 from vpetl.backbones.base import Backbone
 from vpetl.data.readers import ClipItem, VideoDataset
-from vpetl.errors import DatasetError, UnknownTask, UnknownVersion, VpetlError
+from vpetl.errors import DatasetError, IncompatibleAdapter, UnknownTask, UnknownVersion, VpetlError
 from vpetl.store import AdapterStore, ClipStore, StoredClip
+from vpetl.store.backbones import BackboneRegistry, describe
 from vpetl.store.jobs import MAX_ATTEMPTS, JobQueue, job_params
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,7 @@ class Worker:
             result.model, task=task, labels=result.labels, metrics={k: v for k, v in result.metrics.items() if v == v}
         )
         meta = record_meta(result, self.backbone)
+        self._check_deployment_backbone()
         # idempotent per job: should another attempt have published meanwhile, this returns its version
         record = self.store.publish(task, data, meta, job_id=job_id)
         outcome.update(published=True, version=record.version, sha256=record.sha256)
@@ -268,6 +270,17 @@ class Worker:
             "published: first version" if current is None else f"published: val top-1 {top1:.3f} ≥ {current:.3f}"
         )
         return outcome
+
+    def _check_deployment_backbone(self) -> None:
+        """Refuse to publish an adapter for another backbone than the deployment's registered one (the pointer
+        would move to a version no replica can load). The worker resolved the registered backbone at start, so this
+        fires only if the registration changed under a running worker."""
+        registered = BackboneRegistry(self.store.redis).get()
+        if registered is not None and registered.sha256 != self.backbone.sha256():
+            raise IncompatibleAdapter(
+                f"not published: this worker's backbone ({self.backbone.sha256()[:12]}…) is not the deployment's "
+                f"registered backbone {describe(registered)}; restart the worker so it loads the registered one"
+            )
 
     def _published_earlier(self, task: str, job_id: str) -> dict[str, Any] | None:
         """The result of an earlier attempt of this job that published (``None``: none did)."""

@@ -50,13 +50,61 @@ def test_job_trains_publishes_and_reports(redis_url: str, clip_dir: Path, tmp_pa
     record = store.get_record("demo-task")
     assert record.version == 1 and record.method == "adaptmlp" and record.num_classes == 3
 
-    # A second job compares with the current version on the same clips and says what it did.
-    job2 = queue.submit(job_params({"task": "demo-task", "method": "linear", "epochs": 1, "batch_size": 2}))
-    worker.run(max_jobs=1)
-    result = queue.get(job2)
-    assert result["state"] == "succeeded"
-    assert "current_val_top1" in result["result"] and result["result"]["reason"]
-    assert store.get_pointer("demo-task") == (2 if result["result"]["published"] else 1)
+
+def _gate_job(worker: Worker, queue: JobQueue, current_top1: float, monkeypatch: pytest.MonkeyPatch,
+              **extra: object) -> dict:  # fmt: skip
+    """Run one job with the current version's val top-1 fixed, so each branch of the publish gate is forced."""
+    monkeypatch.setattr(worker, "_current_top1", lambda *args: current_top1)
+    job_id = queue.submit(job_params({"task": "demo-task", "method": "linear", "epochs": 1, "batch_size": 2,
+                                      **extra}))  # fmt: skip
+    assert worker.run(max_jobs=1) == 1
+    return queue.get(job_id)
+
+
+def test_publish_gate_both_branches(
+    redis_url: str, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job publishes only if its val top-1 is not worse than the current version's, unless publish_if_worse."""
+    client = redis_client(redis_url)
+    clips = ClipStore(tmp_path, client)
+    _upload(clips, clip_dir, "demo-task")
+    queue, store = JobQueue(client), AdapterStore(client)
+    worker = Worker(create_backbone("videomae-tiny"), queue, store, clips, "w-gate")
+    first = _gate_job(worker, queue, -1.0, monkeypatch)  # nothing to beat yet (any top-1 ≥ -1)
+    assert first["state"] == "succeeded" and first["result"]["published"] is True
+    assert store.get_pointer("demo-task") == 1
+
+    worse = _gate_job(worker, queue, 1.01, monkeypatch)  # the current version is unbeatable: refused
+    assert worse["state"] == "succeeded" and worse["result"]["published"] is False
+    assert "worse" in worse["result"]["reason"] and worse["result"]["current_val_top1"] == 1.01
+    assert store.get_pointer("demo-task") == 1 and worse.get("version") is None
+
+    forced = _gate_job(worker, queue, 1.01, monkeypatch, publish_if_worse=True)  # …unless asked to publish anyway
+    assert forced["result"]["published"] is True and store.get_pointer("demo-task") == 2 == forced["version"]
+
+    better = _gate_job(worker, queue, -1.0, monkeypatch)
+    assert better["result"]["published"] is True and store.get_pointer("demo-task") == 3
+
+
+def test_a_worker_whose_backbone_is_not_the_registered_one_never_moves_the_pointer(
+    redis_url: str, clip_dir: Path, tmp_path: Path
+) -> None:
+    """The registration changed under a running worker (another backbone registered): its adapter is refused."""
+    from vpetl.backbones.identity import backbone_info
+    from vpetl.store.backbones import BackboneRegistry
+
+    client = redis_client(redis_url)
+    clips = ClipStore(tmp_path, client)
+    _upload(clips, clip_dir, "demo-task")
+    queue, store = JobQueue(client), AdapterStore(client)
+    other = create_backbone("videomae-tiny", seed=9)  # same architecture, other weights
+    BackboneRegistry(client).register(backbone_info(other), weights=None, source="test")
+    worker = Worker(create_backbone("videomae-tiny"), queue, store, clips, "w-stale")
+    job_id = queue.submit(job_params({"task": "demo-task", "method": "linear", "epochs": 1, "batch_size": 2}))
+    assert worker.run(max_jobs=1) == 1
+    job = queue.get(job_id)
+    assert job["state"] == "failed" and "incompatible_adapter" in job["error"] and "registered" in job["error"]
+    assert store.get_pointer("demo-task") is None  # no version was published
 
 
 def test_worker_on_another_node_trains_on_clips_in_s3(
