@@ -165,7 +165,7 @@ def create_services(settings: Settings, *, with_backbone: bool = True) -> Servic
                 )
             identity = found
         metrics = Metrics()
-        store = AsyncAdapterStore(url)
+        store = AsyncAdapterStore(url, keep_versions=settings.keep_versions)
         clips = ClipStore(
             settings.data_dir, client, max_bytes=settings.max_upload_bytes, store_url=settings.clip_store
         )

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_adapter_mb: float = Field(64.0, gt=0, description="adapter upload limit")
     cache_mb: float = Field(256.0, gt=0, description="adapter cache byte budget per predictor")
     pointer_check_s: float = Field(0.5, gt=0, description="periodic pointer re-check (covers missed events)")
+    keep_versions: int = Field(10, ge=0, description="adapter versions kept per task (newest; 0 keeps all)")
     backbone_wait_s: float = Field(
         60.0, ge=0, description="how long a process without weights of its own waits for a backbone registration"
     )
@@ -60,6 +61,22 @@ class Settings(BaseSettings):
     # for 60 s under load). Each replica's own byte-budget cache keeps the popular adapters resident either way.
     ray_affinity: bool = Field(False, description="route a task to a replica that already holds its adapter")
     torch_threads: int = Field(2, ge=1)
+    # Hardening of POST /predict: what one request may cost before any work is done for it.
+    max_predict_mb: float = Field(16.0, gt=0, description="POST /predict body limit (training uploads: max_upload_mb)")
+    predict_max_frame_pixels: int = Field(1920 * 1080, ge=1, description="/predict: pixels of one frame")
+    predict_max_frames: int = Field(18_000, ge=1, description="/predict: frames in the clip")
+    predict_max_duration_s: float = Field(600.0, gt=0, description="/predict: seconds of video")
+    decode_workers: int = Field(
+        2, ge=0, description="decoder processes per predictor (0 = decode in a thread of the server process)"
+    )
+    decode_timeout_s: float = Field(10.0, gt=0, description="one decode's limit; the worker is killed past it")
+    decode_memory_mb: float = Field(2048.0, gt=0, description="address-space cap of each decoder process")
+    request_deadline_s: float = Field(30.0, gt=0, description="POST /predict deadline (504 deadline_exceeded)")
+    max_inflight: int | None = Field(
+        None, ge=1, description="/predict requests admitted at once (default max_queue + max_batch_size); "
+        "beyond it 503 overloaded before the body is read"
+    )
+    limit_concurrency: int = Field(512, ge=1, description="uvicorn: connections + tasks before a bare 503")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -30,6 +30,10 @@ def worker(
         help="take over a job whose worker stopped heartbeating this long (it died); running jobs heartbeat every "
         "third of this",
     ),
+    keep_versions: int = typer.Option(
+        10, "--keep-versions", envvar="VPETL_KEEP_VERSIONS", min=0,
+        help="adapter versions kept per task when this worker publishes (newest; 0 keeps all)",
+    ),
     max_attempts: int = typer.Option(
         3, "--max-attempts", envvar="VPETL_MAX_ATTEMPTS", min=1,
         help="starts a job gets in all: after this many ended with a dead worker it is failed and dead-lettered",
@@ -61,7 +65,7 @@ def worker(
         # otherwise this worker registers its own (the demo backbone is pretrained on first use).
         ckpt = checkpoint if registered is not None else resolve_checkpoint(backbone, checkpoint, data_dir)
         model, _ = resolve_backbone(backbone, ckpt, BackboneRegistry(client), data_dir / "backbones", wait_s=wait_s)
-        store = AdapterStore(client)
+        store = AdapterStore(client, keep_versions=keep_versions)
         clips = ClipStore(data_dir, client, store_url=clip_store)
     except VpetlError as e:
         fail(e)
