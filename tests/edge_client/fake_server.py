@@ -37,6 +37,9 @@ class FakeState:
     sent: dict[str, int] = field(default_factory=lambda: {"adapter": 0, "onnx": 0, "json": 0})
     received: int = 0
     job_epochs: int = 3
+    # When set, adapters for another backbone are refused (409) as the real server refuses them, and clips are
+    # checked by decoding their metadata (400 invalid_video): the contract suite (test_contract.py) sets it.
+    backbone_sha256: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def publish(self, task: str, data: bytes) -> int:
@@ -201,9 +204,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         try:
-            read_adapter_meta(data)
+            meta = read_adapter_meta(data)
         except Exception as e:  # noqa: BLE001 - any bad file is the client's fault here
             self._error(400, "invalid_adapter", str(e))
+            return
+        if self.state.backbone_sha256 is not None and meta.backbone_sha256 != self.state.backbone_sha256:
+            self._error(409, "incompatible_adapter", "the adapter was trained on another backbone")
             return
         version = self.state.publish(parts[0], data)
         self._json(201, {"task": parts[0], "version": version, "sha256": hashlib.sha256(data).hexdigest()})
@@ -240,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not data:
             self._error(400, "invalid_video", "the clip is empty (0 bytes)")
             return
+        if not self._is_video(data):
+            return
         info = _info(self.state, task)
         k = min(int(query.get("topk", 5)), info["num_classes"])
         preds = [{"label": info["labels"][i], "index": i, "score": 1.0 / (i + 2)} for i in range(k)]
@@ -251,10 +259,26 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         task, label, split = parts[0], query["label"], query.get("split", "train")
+        if not self._is_video(data):
+            return
         counts = self.state.clips.setdefault(task, {}).setdefault(split, {})
         counts[label] = counts.get(label, 0) + 1
         self._json(201, {"task": task, "label": label, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
                          "size": len(data), "duplicate": False})
+
+    def _is_video(self, data: bytes) -> bool:
+        """In contract mode, what the real server does first: decode the container's metadata (torch-free)."""
+        if self.state.backbone_sha256 is None:
+            return True
+        from vpetl.errors import InvalidVideo
+        from vpetl.video import decode_info
+
+        try:
+            decode_info(data)
+        except InvalidVideo as e:
+            self._error(400, "invalid_video", e.message)
+            return False
+        return True
 
     def _get_datasets(self, parts: list[str], query: dict[str, str]) -> None:
         counts = self.state.clips.get(parts[0], {})
@@ -263,6 +287,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _post_jobs(self, parts: list[str], query: dict[str, str]) -> None:
         params = json.loads(self._body() or b"{}")
         if not self._authorized():
+            return
+        task = str(params.get("task", ""))
+        if self.state.backbone_sha256 is not None and not any(self.state.clips.get(task, {}).values()):
+            self._error(422, "invalid_dataset", f"task {task!r} has no uploaded clips")  # as the real server
             return
         job_id = f"{len(self.state.jobs) + 1:016x}"
         now = datetime.now(timezone.utc).timestamp()
@@ -294,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_backbone(self, parts: list[str], query: dict[str, str]) -> None:
         if not parts:
-            self._json(200, {"name": "fake", "family": "video_vit", "sha256": "0" * 64,
+            self._json(200, {"name": "fake", "family": "video_vit", "sha256": self.state.backbone_sha256 or "0" * 64,
                              "input_spec": {}, "num_features": 64, "parameters": 1})
             return
         family = query.get("family") or "default"
