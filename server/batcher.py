@@ -7,7 +7,10 @@ mixed-task batches the AdapterBank runs in one backbone forward (DESIGN.md). The
 Policy: the first request opens a batch; it closes when ``max_batch_size`` requests are in or ``max_wait_ms`` has
 passed since it opened. The queue is bounded: a submit beyond ``max_queue`` fails at once with
 :class:`~vpetl.errors.Overloaded` (503 + Retry-After), so overload sheds load instead of growing latency.
-The batch function runs in a worker thread so the event loop keeps accepting requests while torch computes.
+The batch function runs on the batcher's *own* single-thread executor (not asyncio's default pool), so the model
+never queues behind decodes, adapter loads or other ``to_thread`` work, and forwards never overlap each other.
+A caller that gave up while queued (deadline, disconnect) is dropped from its batch before the forward runs.
+:class:`Admission` bounds the requests a route lets in at all, so a full server answers 503 before reading a body.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +74,19 @@ class MicroBatcher(Generic[Req, Res]):
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending[Req]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The one thread every forward runs on (created on first use; a closed batcher makes a new one)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpetl-forward")
+        return self._executor
+
+    @property
+    def full(self) -> bool:
+        """Whether a submit now would be refused (the route checks this before reading a body)."""
+        return self.queue_depth >= self.max_queue
 
     @property
     def queue_depth(self) -> int:
@@ -118,12 +135,15 @@ class MicroBatcher(Generic[Req, Res]):
     async def _run(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect(queue)
+            batch = [p for p in await self._collect(queue) if not p.future.done()]  # callers gone: no forward
+            if not batch:
+                continue
             started = time.perf_counter()
             waits = [started - p.enqueued for p in batch]
             try:
-                results = await asyncio.to_thread(self.batch_fn, [p.item for p in batch])
+                results = await loop.run_in_executor(self.executor, self.batch_fn, [p.item for p in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch_fn returned {len(results)} results for {len(batch)} items")
             except Exception as e:  # a failure of the whole batch fails each caller, never the loop
@@ -145,3 +165,32 @@ class MicroBatcher(Generic[Req, Res]):
                 await self._task
             self._task = None
         self._queue = None  # bound to this event loop; a restart (e.g. a second app lifespan) makes a new one
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+class Admission:
+    """How many requests a route is working on (reading, decoding, queued, in the model); refuses past ``limit``.
+
+    Checked at the very start of a route, before its body is read: under overload the server spends nothing on
+    a request it cannot serve, and the client gets 503 + Retry-After at once instead of after its upload.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.active = 0
+        self.rejected = 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            self.rejected += 1
+            raise Overloaded(f"the server is working on {self.active} predictions already; retry shortly")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1

@@ -1,4 +1,5 @@
-"""Clip bytes → the backbone's input tensor, on the server (runs in a worker thread, never on the event loop)."""
+"""Clip bytes → the backbone's input tensor, on the server (in a decoder process or a worker thread, never on the
+event loop)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import numpy as np
 
 from vpetl.errors import InvalidVideo, VpetlError
 from vpetl.protocol import InputSpec
-from vpetl.video import load_clip
+from vpetl.video import DEFAULT_LIMITS, VideoLimits, load_clip
 
 logger = logging.getLogger(__name__)
 
 
-def decode_clip(data: bytes, spec: InputSpec) -> np.ndarray:
-    """Decode + sample + preprocess exactly as the backbone's InputSpec says: (C, T, H, W) float32."""
+def decode_clip(data: bytes, spec: InputSpec, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode + sample + preprocess exactly as the backbone's InputSpec says: (C, T, H, W) float32.
+
+    ``/predict`` runs this in a decoder process (server/decode_pool.py) with its own tighter ``limits``."""
     if not data:
         raise InvalidVideo("the clip is empty (0 bytes)")
     try:
-        return load_clip(data, spec)
+        return load_clip(data, spec, limits=limits)
     except VpetlError:
         raise
     except (RuntimeError, ValueError, IndexError, EOFError, OSError) as e:

@@ -7,6 +7,10 @@ it so the request finishes on the version it started with, and join the next mix
 Freshness: a listener on ``vpetl:events`` updates the pointer cache and drops stale versions as soon as a version
 is published, rolled back or deleted; a periodic pointer check covers missed events (pub/sub is at-most-once).
 The same class runs in the local engine (uvicorn) and in every Ray Serve predictor replica.
+
+Hardening: encoded clips are decoded in a bounded pool of decoder processes (server/decode_pool.py); forwards run
+on the batcher's own single thread; a forward that runs out of memory is retried once as two half batches, and
+what still does not fit answers 503 ``overloaded`` (never a 500).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 import torch
 
 from server.batcher import MicroBatcher
-from server.decoding import decode_clip
+from server.decode_pool import DecodePool
 from server.pointers import PointerCache
-from vpetl.errors import VpetlError
+from vpetl.errors import Overloaded, VpetlError
 from vpetl.petl.bank import AdapterBank
 from vpetl.petl.bank_tasks import TaskAdapter
 from vpetl.store import AsyncAdapterStore
@@ -34,6 +38,9 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, int]
 BatchPolicy = Literal["mixed", "per-task"]
 BATCH_POLICIES: tuple[BatchPolicy, ...] = ("mixed", "per-task")
+# torch.OutOfMemoryError (a CUDA/accelerator allocation) is torch >= 2.5; MemoryError is a host allocation.
+OOM_ERRORS: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                                               MemoryError)
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Predictor:
             ``per-task`` (the baseline: split the collected batch by (task, version) and run one forward per group,
             sequentially — what stock ``@serve.batch`` + multiplexing does, since it splits batches by model id).
         pointer_check_s: period of the pointer re-check.
+        decoder: the decode pool for encoded clips (default: 2 decoder processes, the /predict limits).
         on_batch / on_load: metrics callbacks.
     """
 
@@ -86,6 +94,7 @@ class Predictor:
         max_queue: int = 64,
         pointer_check_s: float = 0.5,
         batch_policy: BatchPolicy = "mixed",
+        decoder: DecodePool | None = None,
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -101,6 +110,8 @@ class Predictor:
             on_batch=on_batch,
         )
         self.on_load = on_load
+        self.decoder = decoder or DecodePool()
+        self.oom_splits = 0  # batches retried as halves after an out-of-memory forward
         self.pointer_cache = PointerCache(store, pointer_check_s, on_change=self._on_pointer_change)
         self._load_locks: dict[Key, asyncio.Lock] = {}
         self.replica_id, self.node_id = "local", ""  # set by a Ray Serve replica
@@ -112,10 +123,16 @@ class Predictor:
     # ------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         await self.pointer_cache.start()
+        await self.decoder.start()
 
     async def stop(self) -> None:
         await self.pointer_cache.stop()
         await self.batcher.close()
+        self.decoder.close()
+
+    def is_full(self) -> bool:
+        """Whether a prediction now would be refused by the queue bound (the route asks before reading a body)."""
+        return self.batcher.full
 
     # ------------------------------------------------------------------------------------------- freshness
     def _on_pointer_change(self, task: str, old: int | None, version: int | None) -> None:
@@ -187,10 +204,10 @@ class Predictor:
     async def predict_encoded(
         self, data: bytes, task: str, version: int | None = None, topk: int = 5
     ) -> Prediction:
-        """:meth:`predict` for an encoded clip: decoded here, in a worker thread, to the backbone's input spec.
+        """:meth:`predict` for an encoded clip: decoded in a decoder process, to the backbone's input spec.
         What the ingress hands a Ray replica: the clip as uploaded, never a float32 tensor."""
         started = time.perf_counter()
-        clip = await asyncio.to_thread(decode_clip, data, self.bank.backbone.input_spec)
+        clip = await self.decoder.decode(data, self.bank.backbone.input_spec)
         decode_ms = (time.perf_counter() - started) * 1000
         result = await self.predict(clip, task, version, topk)
         result.timing_ms["decode"] = round(decode_ms, 3)
@@ -217,6 +234,8 @@ class Predictor:
             "batches": self.batcher.stats.batches,
             "clips": self.batcher.stats.items,
             "rejected": self.batcher.stats.rejected,
+            "oom_splits": self.oom_splits,
+            "decoders_replaced": self.decoder.replaced,
             "cache": {
                 "hits": cache.stats.hits, "misses": cache.stats.misses, "loads": cache.stats.loads,
                 "evictions": cache.stats.evictions, "entries": len(cache), "bytes": cache.resident_bytes,
@@ -228,11 +247,37 @@ class Predictor:
     def _run_batch(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
         if self.batch_policy == "per-task":
             return self._run_per_task(items)
+        return self._forward_or_split(items)
+
+    def _forward(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
         started = time.perf_counter()
         clips = torch.stack([item.clip for item in items])  # (B, C, T, H, W)
         results = self.bank.forward(clips, [item.key for item in items])
         elapsed = time.perf_counter() - started
         return [r if isinstance(r, VpetlError) else (r, elapsed) for r in results]
+
+    def _forward_or_split(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
+        """One forward; on out-of-memory, once more as two halves (activations scale with the batch), and what
+        still does not fit fails with 503 ``overloaded`` — a transient capacity problem, not a server bug."""
+        try:
+            return self._forward(items)
+        except OOM_ERRORS:
+            _release_memory()
+            if len(items) == 1:
+                logger.warning("out of memory in a forward of one clip; answered overloaded")
+                return [_oom_error()]
+        self.oom_splits += 1
+        half = len(items) // 2
+        logger.warning("out of memory in a forward of %d clips; retrying as %d + %d", len(items), half,
+                       len(items) - half)
+        out: list[tuple[Any, float] | BaseException] = []
+        for part in (items[:half], items[half:]):
+            try:
+                out.extend(self._forward(part))
+            except OOM_ERRORS:
+                _release_memory()
+                out.extend([_oom_error()] * len(part))
+        return out
 
     def _run_per_task(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
         """The baseline policy: one backbone forward per (task, version) group of the collected batch, one after
@@ -241,11 +286,18 @@ class Predictor:
         for i, item in enumerate(items):
             groups.setdefault(item.key, []).append(i)
         results: list[tuple[Any, float] | BaseException] = [RuntimeError("unset")] * len(items)
-        for key, rows in groups.items():
-            started = time.perf_counter()
-            clips = torch.stack([items[i].clip for i in rows])  # (b, C, T, H, W), one task
-            out = self.bank.forward(clips, [key] * len(rows))
-            elapsed = time.perf_counter() - started
+        for rows in groups.values():
+            out = self._forward_or_split([items[i] for i in rows])  # b clips of one task
             for i, r in zip(rows, out, strict=True):
-                results[i] = r if isinstance(r, VpetlError) else (r, elapsed)
+                results[i] = r
         return results
+
+
+def _oom_error() -> Overloaded:
+    return Overloaded("the model ran out of memory for this batch; retry shortly")
+
+
+def _release_memory() -> None:
+    """Return the failed forward's cached accelerator blocks before the retry (a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

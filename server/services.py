@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import torch
 
+from server.decode_pool import DecodePool
 from server.metrics import Metrics
 from server.predictor import Prediction, Predictor
 from server.settings import Settings
@@ -180,6 +181,7 @@ def create_services(settings: Settings, *, with_backbone: bool = True) -> Servic
                 max_queue=settings.max_queue,
                 pointer_check_s=settings.pointer_check_s,
                 batch_policy=settings.batch_policy,
+                decoder=DecodePool.from_settings(settings),
                 on_batch=metrics.on_batch,
                 on_load=metrics.on_load,
             )

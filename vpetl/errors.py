@@ -110,6 +110,13 @@ class Overloaded(VpetlError):
     http_status = 503
 
 
+class DeadlineExceeded(VpetlError):
+    """A request that did not finish within the server's per-request deadline (upload, decode, queue, model)."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
 class DatasetError(VpetlError):
     """A dataset that cannot be trained on (empty, a single class, labels that do not match)."""
 

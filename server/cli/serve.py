@@ -46,6 +46,7 @@ def serve_local(settings: Settings, log_level: str) -> None:
             log_level=log_level,
             timeout_graceful_shutdown=5,
             lifespan="on",
+            limit_concurrency=settings.limit_concurrency,  # beyond it uvicorn answers 503 before any app code
         )
         uvicorn.Server(config).run()
     finally:

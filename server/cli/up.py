@@ -157,7 +157,10 @@ def up(
                 f"  .venv/bin/vpetl-edge predict {sample} --task synthetic-appearance --server {base}", soft_wrap=True
             )
         console.print("Ctrl-C to stop.\n")
-        uvicorn.run(build_app(services), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(
+            build_app(services), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+            limit_concurrency=settings.limit_concurrency,  # beyond it uvicorn answers 503 before any app code
+        )  # fmt: skip
     except VpetlError as e:
         fail(e)
     finally:
