@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench install redis-server clean
+.PHONY: up test lint bench install redis-server clean mutate
 
 # Create the venv and install the cloud + edge + dev extras. torch is pinned first (constraints.txt) so pip takes
 # the local CPU build and never resolves a multi-GB CUDA wheel.
@@ -37,6 +37,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/vpetl bench all
+
+# One-line mutants of the adapter maths, the adapter file format and the store's Lua scripts, each run against its
+# fast test subset in a temporary copy of the repo (the working tree is never edited); a table + JSON report of
+# killed/survived (docs/mutation.md). Minutes, so not part of `make test`. E.g. MUTATE_ARGS="--rev HEAD".
+mutate: $(STAMP) redis-server
+	$(BIN)/python tests/mutation/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
