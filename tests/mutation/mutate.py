@@ -49,7 +49,11 @@ TARGETS: dict[str, list[str]] = {
         "tests/vpetl/petl/test_methods.py",
         "tests/vpetl/petl/test_io.py",
     ],
-    "vpetl/artifact.py": ["tests/vpetl/test_artifact.py", "tests/vpetl/petl/test_io.py"],
+    "vpetl/artifact.py": [
+        "tests/vpetl/test_artifact.py",
+        "tests/vpetl/test_artifact_boundaries.py",
+        "tests/vpetl/petl/test_io.py",
+    ],
     "vpetl/store/_scripts.py": ["tests/vpetl/store", "-k", "not cluster"],
 }
 
