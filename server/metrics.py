@@ -62,6 +62,8 @@ class _ReplicaCollector(Collector):
             "cache_loads": ("adapters decoded into the cache", lambda r: r.get("cache", {}).get("loads", 0)),
             "cache_entries": ("adapters resident", lambda r: r.get("cache", {}).get("entries", 0)),
             "cache_bytes": ("bytes of resident adapters", lambda r: r.get("cache", {}).get("bytes", 0)),
+            "fallbacks": ("tasks served from an older version: their current one does not load here",
+                          lambda r: len(r.get("load_failures") or {})),
         }
         for name, (doc, value) in series.items():
             family = GaugeMetricFamily(f"vpetl_replica_{name}", doc, labels=["replica", "node"])

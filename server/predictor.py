@@ -28,7 +28,7 @@ import torch
 from server.batcher import MicroBatcher
 from server.decode_pool import DecodePool
 from server.pointers import PointerCache
-from vpetl.errors import Overloaded, VpetlError
+from vpetl.errors import IncompatibleAdapter, InvalidAdapter, Overloaded, VpetlError
 from vpetl.petl.bank import AdapterBank
 from vpetl.petl.bank_tasks import TaskAdapter
 from vpetl.store import AsyncAdapterStore
@@ -115,6 +115,10 @@ class Predictor:
         self.pointer_cache = PointerCache(store, pointer_check_s, on_change=self._on_pointer_change)
         self._load_locks: dict[Key, asyncio.Lock] = {}
         self.replica_id, self.node_id = "local", ""  # set by a Ray Serve replica
+        # Publish safety: the last version of each task that loaded while it was current, and the current version
+        # that would not load (served from last_good meanwhile; reported in stats()).
+        self.last_good: dict[str, int] = {}
+        self.load_failures: dict[str, dict[str, Any]] = {}
 
     @property
     def pointers(self) -> dict[str, int]:
@@ -136,16 +140,55 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- freshness
     def _on_pointer_change(self, task: str, old: int | None, version: int | None) -> None:
-        if old is not None and old != version:
-            # Drop the stale version unless a running batch pins it (it is dropped on a later check then).
-            self.bank.evict(task, old)
-        for key in [k for k in self.bank.cache.keys() if k[0] == task and k[1] != version]:  # type: ignore[index]
+        if version is None:  # deleted: nothing of the task is kept
+            self.last_good.pop(task, None)
+            self.load_failures.pop(task, None)
+        # Drop stale versions unless a running batch pins them (dropped on a later check then) — but keep the last
+        # version that loaded until the new one has: if the new one cannot load, requests are served from it.
+        keep = {version, self.last_good.get(task)}
+        for key in [k for k in self.bank.cache.keys() if k[0] == task and k[1] not in keep]:  # type: ignore[index]
             self.bank.evict(*key)  # type: ignore[misc]
 
     # -------------------------------------------------------------------------------------------- requests
     async def resolve(self, task: str, version: int | None) -> int:
         """The version a request runs on: the one asked for, else the cached pointer, else Redis."""
         return await self.pointer_cache.resolve(task, version)
+
+    async def serve_version(self, task: str, version: int | None, *, pinned: bool | None = None) -> int:
+        """Resolve and load the version a request runs on.
+
+        A pinned version (``?version=N``) loads or fails. Otherwise ``version`` (or the cached pointer) is the
+        current one, and if its artifact cannot be loaded here (another backbone, a broken file: the store accepted
+        what this predictor refuses), the task keeps being served from the last version that loaded, and the
+        failure is recorded (``stats()["load_failures"]``, ``/readyz``, ``vpetl_replica_fallbacks``) instead of
+        every request answering 409.
+        """
+        pinned = version is not None if pinned is None else pinned
+        resolved = await self.resolve(task, version)
+        if pinned:
+            await self.ensure_loaded(task, resolved)
+            return resolved
+        good = self.last_good.get(task)
+        failure = self.load_failures.get(task)
+        if failure is not None and failure["version"] == resolved and good is not None:
+            await self.ensure_loaded(task, good)  # known bad: do not retry its load on every request
+            return good
+        try:
+            await self.ensure_loaded(task, resolved)
+        except (IncompatibleAdapter, InvalidAdapter) as e:
+            if good is None or good == resolved:
+                raise
+            self.load_failures[task] = {"version": resolved, "error": f"[{e.code}] {e.message}", "serving": good}
+            logger.warning("task %s: current version %d cannot be loaded (%s); serving version %d", task, resolved,
+                           e.message, good)  # fmt: skip
+            await self.ensure_loaded(task, good)
+            return good
+        if good != resolved:
+            previous, self.last_good[task] = good, resolved
+            self.load_failures.pop(task, None)
+            if previous is not None and self.pointers.get(task) == resolved:
+                self.bank.evict(task, previous)  # the new current version loaded: the fallback is not needed
+        return resolved
 
     async def ensure_loaded(self, task: str, version: int) -> TaskAdapter:
         key = (task, version)
@@ -202,11 +245,13 @@ class Predictor:
         )
 
     async def predict_encoded(
-        self, data: bytes, task: str, version: int | None = None, topk: int = 5
+        self, data: bytes, task: str, version: int | None = None, topk: int = 5, *, pinned: bool = True
     ) -> Prediction:
         """:meth:`predict` for an encoded clip: decoded in a decoder process, to the backbone's input spec.
         What the ingress hands a Ray replica: the clip as uploaded, never a float32 tensor."""
         started = time.perf_counter()
+        if not pinned:  # the version the caller resolved is the current one: it may fall back (serve_version)
+            version = await self.serve_version(task, version, pinned=False)
         clip = await self.decoder.decode(data, self.bank.backbone.input_spec)
         decode_ms = (time.perf_counter() - started) * 1000
         result = await self.predict(clip, task, version, topk)
@@ -242,6 +287,7 @@ class Predictor:
                 "budget_bytes": cache.budget_bytes,
             },
             "tasks": sorted({key[0] for key in cache.keys()}),  # type: ignore[index]
+            "load_failures": dict(self.load_failures),
         }  # fmt: skip
 
     def _run_batch(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:

@@ -94,6 +94,10 @@ class RemotePredictor:
     async def ensure_loaded(self, task: str, version: int) -> None:
         return None  # the replica that gets the request loads it (per-key lock there)
 
+    async def serve_version(self, task: str, version: int | None) -> int:
+        """The version to ask a replica for; the replica loads it (and falls back if the current one fails)."""
+        return await self.resolve(task, version)
+
     async def _call(self, method: str, *args: Any, task: str | None = None) -> Any:
         handle = self.handle.options(multiplexed_model_id=task) if (self.affinity and task) else self.handle
         for attempt in range(1, PREDICT_ATTEMPTS + 1):
@@ -106,8 +110,10 @@ class RemotePredictor:
                 await asyncio.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
 
-    async def predict_encoded(self, data: bytes, task: str, version: int | None, topk: int = 5) -> Prediction:
-        out = await self._call("predict", data, task, version, topk, task=task)
+    async def predict_encoded(
+        self, data: bytes, task: str, version: int | None, topk: int = 5, *, pinned: bool = True
+    ) -> Prediction:
+        out = await self._call("predict", data, task, version, topk, pinned, task=task)
         if "error" in out:
             raise _error_from(out["error"])
         return Prediction(**out)
@@ -176,12 +182,14 @@ class PredictorDeployment:
         # byte-budget cache (all versions, mixed batches), not in Serve's per-model LRU.
         return task
 
-    async def predict(self, data: bytes, task: str, version: int | None, topk: int) -> dict[str, Any]:
+    async def predict(
+        self, data: bytes, task: str, version: int | None, topk: int, pinned: bool = True
+    ) -> dict[str, Any]:
         await self._ensure_started()
         if serve.get_multiplexed_model_id():
             await self.get_model(task)
         try:
-            return (await self.services.predictor.predict_encoded(data, task, version, topk)).to_dict()
+            return (await self.services.predictor.predict_encoded(data, task, version, topk, pinned=pinned)).to_dict()
         except VpetlError as e:  # errors cross the process boundary as data, re-raised typed by the ingress
             return {"error": {"code": e.code, "message": e.message}}
 

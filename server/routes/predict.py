@@ -54,10 +54,11 @@ async def predict(
             deadline = asyncio.timeout(settings.request_deadline_s)
             try:
                 async with deadline:
-                    resolved = await predictor.resolve(task, version)
-                    await predictor.ensure_loaded(task, resolved)
+                    # loaded before the body is read; the current version falls back to the last one that loaded
+                    resolved = await predictor.serve_version(task, version)
                     task_label = task
-                    response = await _predict(request, services, task, resolved, topk, limit, started)
+                    response = await _predict(request, services, task, resolved, topk, limit, started,
+                                              pinned=version is not None)  # fmt: skip
             except TimeoutError:
                 if not deadline.expired():
                     raise
@@ -83,11 +84,11 @@ def _admission(request: Request, settings: Settings) -> Admission:
 
 
 async def _predict(request: Request, services: Services, task: str, resolved: int, topk: int, limit: int,
-                   started: float) -> PredictionResponse:
+                   started: float, *, pinned: bool) -> PredictionResponse:
     """Read the body, then predict: decoded where the backbone is (a decoder process of this server, local
     engine, or of a Ray replica)."""
     data = await read_upload(request, CLIP_FORM, limit)
-    result = await services.predictor.predict_encoded(data, task, resolved, topk)
+    result = await services.predictor.predict_encoded(data, task, resolved, topk, pinned=pinned)
     timing = dict(result.timing_ms)
     timing["total"] = round((time.perf_counter() - started) * 1000, 3)
     response = PredictionResponse.model_validate({**result.to_dict(), "timing_ms": timing})
