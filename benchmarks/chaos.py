@@ -459,6 +459,8 @@ def report(run: Run, idle: float, peak: int, load_s: float, finals: dict[str, di
     outside = [r for r in good if not any(w.touches(r) for w in run.windows)]
     failed_outside = [r for r in outside if not 200 <= r.status < 300]
     outside_ids = {id(r) for r in outside}
+    redis_w = [w for w in run.windows if w.name == "redis_restart"]
+    outage_uploads = [r for r in run.reqs if r.kind == "upload" and any(w.touches(r) for w in redis_w)]
     recovery = max((t for t in (run.redis_ready_s, run.redis_put_s) if t is not None), default=None)
     peak_mb, idle_mb = peak / 2**20, idle / 2**20
     result = {
@@ -485,6 +487,10 @@ def report(run: Run, idle: float, peak: int, load_s: float, finals: dict[str, di
         "failed_good_outside_detail": _tally(f"{r.kind}:{r.status}:{r.code}" for r in failed_outside),
         "failed_good_inside_windows": _tally(f"{r.kind}:{r.status}:{r.code}" for r in good
                                              if not 200 <= r.status < 300 and id(r) not in outside_ids),
+        # uploads sent into the outage: the store's client retries, so they wait rather than fail
+        "uploads_in_redis_window": {"n": len(outage_uploads), "ok": sum(200 <= r.status < 300 for r in outage_uploads),
+                                    "max_latency_s": round(max((r.recv - r.sent for r in outage_uploads),
+                                                               default=0.0), 2)},  # fmt: skip
         "rss_mb": {"idle": round(idle_mb), "peak": round(peak_mb), "growth": round(peak_mb - idle_mb)},
         "redis_recovery_s": {"readyz": run.redis_ready_s, "first_put": run.redis_put_s, "max": recovery},
         "notes": run.notes,
@@ -532,7 +538,8 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"| {name:<38} | {value:<48} | {target:<18} |")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items()))
     print(f"jobs: {r['jobs']}\nwindows: {r['windows']}\nbad input: {r['bad_statuses']}")
-    print(f"failed good requests inside the fault windows: {r['failed_good_inside_windows']}")
+    print(f"failed good requests inside the fault windows: {r['failed_good_inside_windows']}; uploads in the Redis "
+          f"window: {r['uploads_in_redis_window']}")
     if r["failed_good_outside_detail"]:
         print(f"failed good outside windows: {r['failed_good_outside_detail']}")
     for note in r["notes"]:
