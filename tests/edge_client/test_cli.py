@@ -135,3 +135,27 @@ def test_sync_in_float16_then_predict_locally_without_a_second_download(
         assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-2
     code, out, err = run(fake, "adapters", "pull", "demo", "--dtype", "int8", "--cache", half)
     assert code == 1 and err.startswith("error [invalid_request]:"), err
+
+
+def test_predict_local_falls_back_to_the_cache_when_the_server_is_gone(
+        tmp_path: Path, tiny_graphs: dict[str, Path], mp4_clip: Path) -> None:
+    cache = str(tmp_path / "cache")
+    with FakeServer() as fake:
+        fake.state.publish("demo", make_adapter("bapat", {"bottleneck": 8}, task="demo")[1])
+        fake.state.onnx["default"] = tiny_graphs["bapat"].read_bytes()
+        code, out, _ = run(fake, "sync", "--cache", cache, "--json")
+        assert code == 0 and json.loads(out)["adapters"] == {"demo": "updated"}
+        code, out, _ = run(fake, "predict", str(mp4_clip), "--task", "demo", "--local", "--json", "--cache", cache)
+        (online,) = json.loads(out)
+        dead = fake.url
+    # the server is gone now (its port refuses connections): the cached adapter and graph still predict
+    args = ["predict", str(mp4_clip), "--task", "demo", "--local", "--json", "--cache", cache, "--server", dead]
+    result = CliRunner().invoke(app, args, env={"VPETL_TOKEN": ""})
+    assert result.exit_code == 0, result.stderr
+    assert "server unreachable: using the cached demo adapter (version 1)" in result.stderr
+    (offline,) = json.loads(result.stdout)
+    assert offline["local"] and offline["version"] == 1 and offline["predictions"] == online["predictions"]
+    # a version the cache does not hold cannot be made up offline: a clear error, not a guess
+    result = CliRunner().invoke(app, ["predict", str(mp4_clip), "--task", "demo", "--local", "--version", "2",
+                                      "--cache", cache, "--server", dead], env={"VPETL_TOKEN": ""})  # fmt: skip
+    assert result.exit_code == 1 and "connection_error" in result.stderr
