@@ -259,6 +259,11 @@ class Predictor:
         result.timing_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 
+    async def validate_clip(self, data: bytes) -> None:
+        """Check an uploaded training clip by decoding it as a prediction would: in a decoder process, under the
+        same limits (never in this process, where one 8K clip is gigabytes of frames)."""
+        await self.decoder.decode(data, self.bank.backbone.input_spec)
+
     async def validate_adapter(self, task: str, data: bytes) -> None:
         """Run the bank's full load checks on an upload (format, finiteness, method, shapes, backbone hash)
         without caching it."""

@@ -118,6 +118,11 @@ class RemotePredictor:
             raise _error_from(out["error"])
         return Prediction(**out)
 
+    async def validate_clip(self, data: bytes) -> None:
+        out = await self._call("validate_clip", data)  # decoded in a replica's decoder pool, never in the ingress
+        if out is not None:
+            raise _error_from(out["error"])
+
     async def validate_adapter(self, task: str, data: bytes) -> None:
         out = await self._call("validate_adapter", task, data)
         if out is not None:
@@ -192,6 +197,14 @@ class PredictorDeployment:
             return (await self.services.predictor.predict_encoded(data, task, version, topk, pinned=pinned)).to_dict()
         except VpetlError as e:  # errors cross the process boundary as data, re-raised typed by the ingress
             return {"error": {"code": e.code, "message": e.message}}
+
+    async def validate_clip(self, data: bytes) -> dict[str, Any] | None:
+        await self._ensure_started()
+        try:
+            await self.services.predictor.validate_clip(data)
+        except VpetlError as e:
+            return {"error": {"code": e.code, "message": e.message}}
+        return None
 
     async def validate_adapter(self, task: str, data: bytes) -> dict[str, Any] | None:
         await self._ensure_started()

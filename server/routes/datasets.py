@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from server.decoding import decode_clip
 from server.deps import AdminDep, LabelQuery, ServicesDep, TaskPath
 from server.routes.common import CLIP_FORM, binary_body, error_responses
 from server.uploads import MULTIPART_OVERHEAD, check_content_length, read_upload
@@ -37,7 +36,8 @@ async def upload_clip(
     check_content_length(request, limit + (MULTIPART_OVERHEAD if kind == "multipart" else 0), "clip")
     data = await read_upload(request, CLIP_FORM, limit)
     # Decoding with the backbone's spec proves the clip can be trained on; the result itself is not kept.
-    await asyncio.to_thread(decode_clip, data, services.identity.input_spec)
+    # decoded as /predict decodes (a decoder process, the same frame limits), by whichever engine holds the backbone
+    await services.predictor.validate_clip(data)
     record = await asyncio.to_thread(services.clips.add_clip, task, label, split, data)
     return ClipUploaded.model_validate(record.model_dump(exclude={"path", "created_at"}))
 

@@ -202,3 +202,36 @@ def test_deadline_exceeded_has_a_stable_code(
     while (r := predict(http, clips["ok"])).status_code != 200:  # the abandoned decode's worker was replaced
         assert time.monotonic() < deadline, r.text
         time.sleep(0.2)
+
+
+def test_8k_training_uploads_are_refused_without_decoding_in_the_server(
+    server: ServerProcess, http: httpx.Client, clips: dict[str, bytes], clip_8k: bytes
+) -> None:
+    """POST /datasets/{task}/clips validates by decoding too: in a decoder process under the /predict limits."""
+    assert server.proc is not None
+    proc = psutil.Process(server.proc.pid)
+    before, peak, done = proc.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def upload(data: bytes) -> httpx.Response:
+        return http.post("/datasets/hard/clips", params={"label": "big"}, content=data,
+                         headers={"Content-Type": "video/mp4"})  # fmt: skip
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(INFLIGHT) as pool:
+            responses = list(pool.map(lambda _: upload(clip_8k), range(INFLIGHT)))
+    finally:
+        done.set()
+        sampler.join()
+    for r in responses:
+        assert (r.status_code, error_code(r)) == (400, "invalid_video"), r.text
+    assert http.get("/datasets/hard").json()["total"] == 0  # nothing refused was stored
+    growth_mb = (peak[0] - before) / 2**20
+    assert growth_mb < 300, f"server RSS grew by {growth_mb:.0f} MB"
+    assert upload(clips["ok"]).status_code == 201  # a normal clip still goes in
