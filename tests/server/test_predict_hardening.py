@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -98,11 +98,8 @@ def decoder_pids(server: ServerProcess) -> list[int]:
     return out
 
 
-def test_8k_frames_are_refused_and_the_server_rss_stays_bounded(
-    server: ServerProcess, http: httpx.Client, clips: dict[str, bytes], clip_8k: bytes
-) -> None:
-    assert len(clip_8k) < 1024 * 1024
-    assert predict(http, clips["ok"]).status_code == 200  # warm: adapter loaded, decoder spawned
+def rss_growth_mb(server: ServerProcess, send: Callable[[], httpx.Response]) -> tuple[float, list[httpx.Response]]:
+    """Send INFLIGHT requests at once; the server process's peak RSS growth (sampled every 10 ms) and the answers."""
     assert server.proc is not None
     proc = psutil.Process(server.proc.pid)
     before, peak, done = proc.memory_info().rss, [0], threading.Event()
@@ -115,16 +112,24 @@ def test_8k_frames_are_refused_and_the_server_rss_stays_bounded(
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        with ThreadPoolExecutor(INFLIGHT) as pool:  # the reviewer's eight at once
-            responses = list(pool.map(lambda _: predict(http, clip_8k), range(INFLIGHT)))
+        with ThreadPoolExecutor(INFLIGHT) as pool:
+            responses = list(pool.map(lambda _: send(), range(INFLIGHT)))
     finally:
         done.set()
         sampler.join()
+    return (peak[0] - before) / 2**20, responses
+
+
+def test_8k_frames_are_refused_and_the_server_rss_stays_bounded(
+    server: ServerProcess, http: httpx.Client, clips: dict[str, bytes], clip_8k: bytes
+) -> None:
+    assert len(clip_8k) < 1024 * 1024
+    assert predict(http, clips["ok"]).status_code == 200  # warm: adapter loaded, decoder spawned
+    growth_mb, responses = rss_growth_mb(server, lambda: predict(http, clip_8k))  # the reviewer's eight at once
     for r in responses:
         assert (r.status_code, error_code(r)) == (400, "invalid_video"), r.text
         assert "too large" in r.json()["error"]["message"]
     # the server process never decodes: a frame of this clip alone is 100 MB as RGB, eight of them 10 GB before
-    growth_mb = (peak[0] - before) / 2**20
     assert growth_mb < 300, f"server RSS grew by {growth_mb:.0f} MB"
     assert predict(http, clips["ok"]).status_code == 200
 
@@ -208,30 +213,13 @@ def test_8k_training_uploads_are_refused_without_decoding_in_the_server(
     server: ServerProcess, http: httpx.Client, clips: dict[str, bytes], clip_8k: bytes
 ) -> None:
     """POST /datasets/{task}/clips validates by decoding too: in a decoder process under the /predict limits."""
-    assert server.proc is not None
-    proc = psutil.Process(server.proc.pid)
-    before, peak, done = proc.memory_info().rss, [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.01)
-
     def upload(data: bytes) -> httpx.Response:
         return http.post("/datasets/hard/clips", params={"label": "big"}, content=data,
                          headers={"Content-Type": "video/mp4"})  # fmt: skip
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        with ThreadPoolExecutor(INFLIGHT) as pool:
-            responses = list(pool.map(lambda _: upload(clip_8k), range(INFLIGHT)))
-    finally:
-        done.set()
-        sampler.join()
+    growth_mb, responses = rss_growth_mb(server, lambda: upload(clip_8k))
     for r in responses:
         assert (r.status_code, error_code(r)) == (400, "invalid_video"), r.text
     assert http.get("/datasets/hard").json()["total"] == 0  # nothing refused was stored
-    growth_mb = (peak[0] - before) / 2**20
     assert growth_mb < 300, f"server RSS grew by {growth_mb:.0f} MB"
     assert upload(clips["ok"]).status_code == 201  # a normal clip still goes in
