@@ -1,4 +1,5 @@
-"""One integration test under Ray Serve: the same API, served by an ingress deployment and a predictor replica."""
+"""One integration test under Ray Serve: the same API, served by an ingress deployment and two predictor replicas
+with task affinity on (``VPETL_RAY_AFFINITY=1``): a task's requests keep going to the replica that holds it."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ def test_ray_engine_serves_publishes_and_rolls_back(
     flush(url)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPETL_")}
-    env.update({"VPETL_TORCH_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    env.update({"VPETL_TORCH_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                "VPETL_RAY_AFFINITY": "1"})
     cmd = [vpetl_executable(), "serve", "--engine", "ray", "--port", str(port), "--redis-url", url,
-           "--backbone", BACKBONE, "--data-dir", str(tmp_path), "--max-wait-ms", "20"]
+           "--backbone", BACKBONE, "--data-dir", str(tmp_path), "--max-wait-ms", "20", "--replicas", "2"]
     log = (tmp_path / "ray.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -48,6 +50,14 @@ def test_ray_engine_serves_publishes_and_rolls_back(
             r1 = client.post("/predict", params={"task": "demo"}, files=body)
             assert r1.status_code == 200, r1.text
             assert r1.json()["version"] == 1 and r1.json()["adapter_sha256"] == first.json()["sha256"]
+            # affinity: once a replica holds the task, its requests keep going there (both replicas are up)
+            deadline = time.monotonic() + 60
+            while len(client.get("/readyz").json()["replicas"]) < 2:
+                assert time.monotonic() < deadline, "the second replica never reported"
+                time.sleep(0.5)
+            served_by = {client.post("/predict", params={"task": "demo"}, files=body).json()["replica"]
+                         for _ in range(12)}  # fmt: skip
+            assert served_by == {r1.json()["replica"]}, served_by
             second = client.put("/adapters/demo", files={"adapter": ("a.safetensors", make_adapter("demo", seed=2))})
             assert second.status_code == 201
             t0 = time.monotonic()
