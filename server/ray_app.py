@@ -44,6 +44,7 @@ DRIVER_ONLY = frozenset({"checkpoint"})
 REPLICA_STATS_KEY = "vpetl:{replicas}:stats"  # hash: replica id -> JSON stats with a timestamp
 STATS_EVERY_S = 1.0
 STATS_FRESH_S = 5.0
+STATS_FORGET_S = 60.0
 PREDICT_ATTEMPTS = 3  # a request whose replica died is retried on another (Serve replaces the dead one)
 
 _ERRORS: dict[str, type[VpetlError]] = {
@@ -118,25 +119,32 @@ class RemotePredictor:
             raise _error_from(out["error"])
         return Prediction(**out)
 
-    async def validate_clip(self, data: bytes) -> None:
-        out = await self._call("validate_clip", data)  # decoded in a replica's decoder pool, never in the ingress
+    async def _check(self, method: str, *args: Any) -> None:
+        """A replica-side validation: None when it passed, else the typed error it reported."""
+        out = await self._call(method, *args)
         if out is not None:
             raise _error_from(out["error"])
 
+    async def validate_clip(self, data: bytes) -> None:
+        await self._check("validate_clip", data)  # decoded in a replica's decoder pool, never in the ingress
+
     async def validate_adapter(self, task: str, data: bytes) -> None:
-        out = await self._call("validate_adapter", task, data)
-        if out is not None:
-            raise _error_from(out["error"])
+        await self._check("validate_adapter", task, data)
 
     async def replica_stats(self) -> list[dict[str, Any]]:
         """Every live replica's last heartbeat (replicas write them to Redis; the ingress cannot address one
         replica through a deployment handle)."""
         raw = await self.store.redis.hgetall(REPLICA_STATS_KEY)
-        now, out = time.time(), []
-        for value in raw.values():
+        now, out, gone = time.time(), [], []
+        for field, value in raw.items():
             stats = json.loads(value)
-            if now - float(stats.get("ts", 0)) <= STATS_FRESH_S:
+            age = now - float(stats.get("ts", 0))
+            if age <= STATS_FRESH_S:
                 out.append(stats)
+            elif age > STATS_FORGET_S:
+                gone.append(field)
+        if gone:  # replicas replaced long ago (scale-down, crashes): the hash does not grow with churn
+            await self.store.redis.hdel(REPLICA_STATS_KEY, *gone)
         return sorted(out, key=lambda s: str(s.get("replica")))
 
 
