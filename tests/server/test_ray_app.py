@@ -72,3 +72,30 @@ def test_a_predict_hands_the_replica_the_encoded_clip_plus_under_1_kb() -> None:
     args = (clip, "some-task-name", 12, 5)  # RemotePredictor.predict_encoded -> PredictorDeployment.predict
     overhead = len(dumps(args)) - len(clip)
     assert 0 < overhead <= 1024, overhead
+
+
+def test_ingress_lists_live_replicas_and_forgets_long_gone_ones(redis_url: str) -> None:
+    """Replica heartbeats in Redis: fresh ones are listed, stale ones hidden, ones gone a minute deleted."""
+    import asyncio
+    import json
+    import time
+
+    from server.ray_app import REPLICA_STATS_KEY, RemotePredictor
+    from vpetl.store import AsyncAdapterStore
+
+    async def main() -> tuple[list[str], set[bytes]]:
+        store = AsyncAdapterStore(redis_url)
+        now = time.time()
+        beats = {"fresh": now - 1, "stale": now - 10, "gone": now - 120}
+        await store.redis.hset(REPLICA_STATS_KEY, mapping={
+            rid: json.dumps({"replica": rid, "ts": ts}) for rid, ts in beats.items()
+        })  # fmt: skip
+        ingress = RemotePredictor(store, affinity=False, pointer_check_s=1.0)
+        listed = [r["replica"] for r in await ingress.replica_stats()]
+        left = set(await store.redis.hkeys(REPLICA_STATS_KEY))
+        await store.aclose()
+        return listed, left
+
+    listed, left = asyncio.run(main())
+    assert listed == ["fresh"]
+    assert left == {b"fresh", b"stale"}
