@@ -160,7 +160,8 @@ def create_services(settings: Settings, *, with_backbone: bool = True) -> Servic
                 wait_s=settings.backbone_wait_s,
             )  # fmt: skip
             backbone = backbone.to(settings.device)
-            bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024))
+            # the bank hashes the backbone (fp32 identity) before casting it to the serving dtype
+            bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024), dtype=settings.dtype)
         else:
             found = registry.wait(settings.backbone_wait_s)
             if found is None:

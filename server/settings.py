@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     backbone: str = "vpetl-demo"
     checkpoint: Path | None = None
     device: str = "cpu"
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="serving dtype of the backbone and adapters (logits and softmax stay fp32)"
+    )
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)

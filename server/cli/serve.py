@@ -142,6 +142,9 @@ def serve(
         "(default: DATA_DIR/clips)"
     ),
     device: str | None = typer.Option(None, help="torch device (default: cpu)"),
+    dtype: str | None = typer.Option(
+        None, help="serving dtype of backbone and adapters: fp32, bf16 or fp16; logits stay fp32 (default: fp32)"
+    ),
     replicas: int | None = typer.Option(None, help="predictor replicas (ray engine) (default: 1)"),
     max_batch_size: int | None = typer.Option(None, help="clips per model batch (default: 8)"),
     max_wait_ms: float | None = typer.Option(None, help="longest wait for a batch to fill, ms (default: 5)"),
@@ -163,9 +166,9 @@ def serve(
     try:
         settings = get_settings(
             engine=engine, host=host, port=port, redis_url=redis_url, backbone=backbone, checkpoint=checkpoint,
-            data_dir=data_dir, clip_store=clip_store, device=device, replicas=replicas, max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms, max_queue=max_queue, batch_policy=batch_policy, cache_mb=cache_mb,
-            max_upload_mb=max_upload_mb, max_adapter_mb=max_adapter_mb, admin_token=admin_token,
+            data_dir=data_dir, clip_store=clip_store, device=device, dtype=dtype, replicas=replicas,
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_policy=batch_policy,
+            cache_mb=cache_mb, max_upload_mb=max_upload_mb, max_adapter_mb=max_adapter_mb, admin_token=admin_token,
         )  # fmt: skip
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])

@@ -26,7 +26,7 @@ import torch
 
 from vpetl.artifact import check_compatible, read_adapter
 from vpetl.backbones.base import Backbone
-from vpetl.errors import IncompatibleAdapter, UnknownTask, UnsupportedMethod, VpetlError
+from vpetl.errors import IncompatibleAdapter, InvalidRequest, UnknownTask, UnsupportedMethod, VpetlError
 from vpetl.petl import functional as PF
 from vpetl.petl.bank_adapter import BankBlockAdapter, BlockPlan, Part
 from vpetl.petl.bank_tasks import TaskAdapter, decode_task, expected_shapes
@@ -37,6 +37,20 @@ Tensor = torch.Tensor
 Key = tuple[str, int]
 
 STRATEGIES = ("segment", "gather")
+# Serving dtypes (`vpetl serve --dtype`). fp16 runs on CPU in torch 2.13 too (slowly; BENCHMARKS.md "Engine").
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``fp32|bf16|fp16`` (or a torch float dtype) -> the torch dtype; InvalidRequest for anything else."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise InvalidRequest(f"unsupported serving dtype {name}; use one of {', '.join(DTYPES)}")
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InvalidRequest(f"unsupported serving dtype {name!r}; use one of {', '.join(DTYPES)}") from None
 
 
 @dataclass
@@ -56,11 +70,26 @@ class AdapterBank:
         budget_bytes: the adapter cache's byte budget.
         strategy: ``gather`` (per-sample stacks + bmm; the faster in benchmarks/engine.py, BENCHMARKS.md) or
             ``segment`` (sort by task, one GEMM per segment).
+        dtype: serving dtype (``fp32|bf16|fp16`` or a torch dtype); the backbone is cast in place, adapters are
+            cast once at load, clips before the forward. None keeps the backbone's own dtype. Logits come back
+            in fp32 whatever the dtype.
     """
 
-    def __init__(self, backbone: Backbone, *, budget_bytes: int = 256 << 20, strategy: str = "gather") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        budget_bytes: int = 256 << 20,
+        strategy: str = "gather",
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
+        # The hash identifies the backbone adapters were trained on (fp32): take it before any cast. sha256() caches
+        # it on the module, so a later backbone.sha256() (without refresh) also keeps the fp32 identity.
+        self.backbone_sha256 = backbone.sha256()
+        if dtype is not None:
+            backbone = backbone.to(parse_dtype(dtype))
         self.backbone = backbone.eval()
         self.strategy = strategy
         ref = next(backbone.parameters())
@@ -78,7 +107,6 @@ class AdapterBank:
         self._prepared_max = 8
         self._forward_lock = threading.Lock()
         self._prep_lock = threading.Lock()
-        self.backbone_sha256 = backbone.sha256()
 
     # ----------------------------------------------------------------------------------------- loading
     def load(self, task: str, version: int, data: bytes) -> TaskAdapter:
@@ -201,7 +229,7 @@ class AdapterBank:
             f = features[start : start + n]
             if adapter.pooled_bias is not None:
                 f = f + adapter.pooled_bias
-            logits = PF.head(f, {"weight": adapter.head_weight, "bias": adapter.head_bias})  # (n, K)
+            logits = PF.head(f, {"weight": adapter.head_weight, "bias": adapter.head_bias}).float()  # (n, K) fp32
             for j, i in enumerate(rows[start : start + n]):
                 out[i] = logits[j]
             start += n
@@ -221,7 +249,7 @@ class AdapterBank:
                 p.data.copy_(value)
             x = clips[rows].to(self.device, self.dtype)
             features = adapter.method_obj.features(self.backbone, x)
-            logits = PF.head(features, {"weight": adapter.head_weight, "bias": adapter.head_bias})
+            logits = PF.head(features, {"weight": adapter.head_weight, "bias": adapter.head_bias}).float()
             for j, i in enumerate(rows):
                 out[i] = logits[j]
         finally:
