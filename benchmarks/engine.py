@@ -1,6 +1,7 @@
 """Engine benchmark: mixed-task batches vs single-task, the adapter tax, the naive per-task swap, cold loads.
 
-Run: ``python benchmarks/engine.py [--backbone videomae-b] [--batch 8] [--frames 4 --size 112] [--full] [--json]``
+Run: ``python benchmarks/engine.py [--backbone videomae-b] [--batch 8] [--frames 4 --size 112] [--dtype bf16]
+[--full] [--json]``
 (``make bench`` / ``vpetl bench engine`` run it at a size that finishes in minutes on 2 cores).
 
 Every comparison is measured in the same run, alternating the arms, median of ``--repeats`` after a warm-up; the
@@ -27,7 +28,7 @@ from _harness import alternate  # noqa: E402
 
 from vpetl.backbones import create_backbone  # noqa: E402
 from vpetl.petl import create_model  # noqa: E402
-from vpetl.petl.bank import AdapterBank  # noqa: E402
+from vpetl.petl.bank import DTYPES, AdapterBank  # noqa: E402
 from vpetl.petl.io import adapter_bytes  # noqa: E402
 from vpetl.petl.registry import make_config  # noqa: E402
 
@@ -88,7 +89,9 @@ def run(args: argparse.Namespace) -> dict:
     backbone = create_backbone(args.backbone)
     spec = (args.frames, args.size)
     B = args.batch
-    clips = torch.randn(B, 3, spec[0], spec[1], spec[1])
+    clips = torch.randn(B, 3, spec[0], spec[1], spec[1])  # fp32, as the server hands them over: the bank casts
+    dtype = DTYPES[args.dtype]
+    low = clips.to(dtype)  # the arms that bypass the bank (frozen, naive) get pre-cast clips
     results: dict = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -97,22 +100,24 @@ def run(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
-        "config": {"backbone": args.backbone, "batch": B, "frames": spec[0], "size": spec[1], "repeats": args.repeats},
+        "config": {"backbone": args.backbone, "batch": B, "frames": spec[0], "size": spec[1], "repeats": args.repeats,
+                   "dtype": args.dtype},
     }
     tokens = backbone.token_info(spec[0], spec[1])["tokens"]
     methods = {"bapat": {"bottleneck": 128}, "lora": {"rank": 16}}
-    frozen = AdapterBank(create_backbone(args.backbone))  # a bank with no adapter attached: the frozen baseline
+    # a bank with no adapter attached: the frozen baseline
+    frozen = AdapterBank(create_backbone(args.backbone), dtype=dtype)
 
     for method, options in methods.items():
         adapters = make_adapters(args.backbone, method, options, B)
         per_strategy = {}
         for strategy in ("segment", "gather"):
-            bank = AdapterBank(create_backbone(args.backbone), strategy=strategy)
+            bank = AdapterBank(create_backbone(args.backbone), strategy=strategy, dtype=dtype)
             for i, data in enumerate(adapters):
                 bank.load(f"t{i}", 1, data)
             mixes = {n: [(f"t{i % n}", 1) for i in range(B)] for n in sorted({1, min(4, B), B})}
             arms: dict[str, Callable[[], object]] = {
-                "frozen": lambda: frozen.backbone(clips),
+                "frozen": lambda: frozen.backbone(low),
             }
             for n, keys in mixes.items():
                 arms[f"N={n}"] = lambda k=keys, bk=bank: bk.forward(clips, k)
@@ -125,20 +130,20 @@ def run(args: argparse.Namespace) -> dict:
                 "adapter_tax": timed["frozen"][0] / base,
             }
         # The naive alternative: per-task sub-batches, weights copied into one PetlModel before each sub-batch.
-        naive_model = create_model(create_backbone(args.backbone), make_config(method, **options), 10).eval()
+        naive_model = create_model(create_backbone(args.backbone), make_config(method, **options), 10).eval().to(dtype)
         from vpetl.artifact import read_adapter
 
         states = [{k: torch.from_numpy(v) for k, v in read_adapter(d).tensors.items()} for d in adapters]
 
         best = min(per_strategy, key=lambda s: per_strategy[s]["seconds"][f"N={B}"])
-        bank = AdapterBank(create_backbone(args.backbone), strategy=best)
+        bank = AdapterBank(create_backbone(args.backbone), strategy=best, dtype=dtype)
         for i, data in enumerate(adapters):
             bank.load(f"t{i}", 1, data)
         naive_arms: dict[str, Callable[[], object]] = {}
         for n in sorted({1, min(4, B), B}):
             keys = [(f"t{i % n}", 1) for i in range(B)]
             naive_arms[f"bank N={n}"] = lambda k=keys, bk=bank: bk.forward(clips, k)
-            naive_arms[f"naive N={n}"] = lambda n=n, m=naive_model, st=states: naive_swap(m, st, clips, n)
+            naive_arms[f"naive N={n}"] = lambda n=n, m=naive_model, st=states: naive_swap(m, st, low, n)
         timed = alternate(naive_arms, args.repeats)
         results[method] = {
             "options": options,
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="serving dtype of backbone + adapters")
     parser.add_argument("--full", action="store_true", help="batch 16, 8×112² clips, 7 repeats")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
