@@ -76,17 +76,21 @@ class Services:
     metrics: Metrics
     jobs: JobQueue
     embedded_redis: EmbeddedRedis | None = None
+    fp32_backbone: Backbone | None = None  # built for the ONNX export when the served one is not fp32
 
     def require_backbone(self) -> Backbone:
-        """The backbone module, built from the registry on first use where this process has none (a Ray ingress
-        asked for the ONNX graph). Blocking: call from a worker thread."""
-        if self.backbone is None:
-            backbone, _ = resolve_backbone(
+        """The backbone module in float32 (what the ONNX export needs): the served one when it is fp32, else one
+        built from the registry on first use — where this process has none (a Ray ingress) or serves it in
+        bf16/fp16 (casting back would export rounded weights). Blocking: call from a worker thread."""
+        served = self.backbone
+        if served is not None and all(p.dtype == torch.float32 for p in served.parameters()):
+            return served
+        if self.fp32_backbone is None:
+            self.fp32_backbone, _ = resolve_backbone(
                 self.identity.name, None, BackboneRegistry(self.jobs.redis), self.settings.data_dir / "backbones",
                 register=False,
             )  # fmt: skip
-            self.backbone = backbone
-        return self.backbone
+        return self.fp32_backbone
 
     async def start(self) -> None:
         """Start the loop-bound parts (the predictor's event listener and pointer check)."""

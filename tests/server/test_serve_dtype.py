@@ -68,3 +68,14 @@ def test_invalid_dtype_is_refused_at_start_up(tmp_path: Path) -> None:
     r = subprocess.run([vpetl_executable(), "serve", "--dtype", "fp8", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode != 0 and "dtype" in (r.stdout + r.stderr)
+
+
+def test_a_bf16_server_exports_the_fp32_onnx_graph(servers: dict[str, ServerProcess]) -> None:
+    """The edge graph is the registered fp32 backbone, whatever dtype the server computes in (not rounded weights
+    cast back): the bf16 and the fp32 server export byte-identical graphs."""
+    shas = {}
+    for dtype in ("bf16", "fp32"):
+        r = httpx.get(servers[dtype].url + "/backbone/onnx", timeout=120)
+        assert r.status_code == 200, r.text[:300]
+        shas[dtype] = r.headers["etag"]
+    assert shas["bf16"] == shas["fp32"]
