@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench install redis-server clean mutate
+.PHONY: up test lint bench install redis-server clean mutate gpu-wheels
 
 # Create the venv and install the cloud + edge + dev extras. torch is pinned first (constraints.txt) so pip takes
 # the local CPU build and never resolves a multi-GB CUDA wheel.
@@ -43,6 +43,15 @@ bench: $(STAMP)
 # killed/survived (docs/mutation.md). Minutes, so not part of `make test`. E.g. MUTATE_ARGS="--rev HEAD".
 mutate: $(STAMP) redis-server
 	$(BIN)/python tests/mutation/mutate.py $(MUTATE_ARGS)
+
+# Wheels the GPU device machine lacks for benchmarks/gpu.py (vpetl.protocol imports pydantic; torch, numpy and
+# safetensors are there), cp312 manylinux, pinned to this venv's versions so pydantic and pydantic-core match.
+# benchmarks/gpu_run.sh installs them there; the device call carries build/gpu-wheels.
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-wheels: | $(STAMP)
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --no-deps -d build/gpu-wheels \
+	  $$($(BIN)/python -c 'import importlib.metadata as m, sys; print(" ".join(f"{p}=={m.version(p)}" for p in sys.argv[1:]))' $(GPU_WHEELS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

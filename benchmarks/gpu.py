@@ -155,8 +155,13 @@ class Counter:
 
 
 def forwards_per_call(counter: Counter, fn: Callable[[], object]) -> int:
+    """Backbone passes in one call of ``fn``; refuses a bank result with an error slot (an evicted or unknown
+    adapter costs no compute, so its timing would be a fake)."""
     before = counter.calls
-    fn()
+    result = fn()
+    if isinstance(result, list) and not all(isinstance(x, torch.Tensor) for x in result):
+        errors = sorted({type(x).__name__ for x in result if not isinstance(x, torch.Tensor)})
+        raise RuntimeError(f"bank.forward returned error slots ({', '.join(errors)}): a timing would be meaningless")
     return counter.calls - before
 
 
@@ -187,7 +192,9 @@ def engine(args: SimpleNamespace, timer: Timer) -> dict[str, Any]:
     dtype = args.dtype
     B = max(BATCHES)
     backbone = create_backbone(args.backbone).to(args.device, dtype)
-    bank = AdapterBank(backbone)  # one bank holds both methods' adapters, as a server's would
+    # One bank holds both methods' adapters, as a server's would. 32 BAPAT d=128 adapters on videomae-b are ~300 MB
+    # in bf16, over the default 256 MB budget: evicted ones would come back as UnknownTask slots, i.e. no compute.
+    bank = AdapterBank(backbone, budget_bytes=16 << 30)
     bank_passes = Counter(backbone)
     clips = torch.randn(B, 3, args.frames, args.size, args.size, device=args.device).to(dtype)
     tokens = backbone.token_info(args.frames, args.size)["tokens"]
@@ -328,7 +335,9 @@ def run(args: SimpleNamespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "gpu",
         "machine": {
-            "device": torch.cuda.get_device_name(args.device) if cuda else (platform.processor() or "cpu"),
+            "device": torch.cuda.get_device_name(args.device)
+            if cuda
+            else (platform.processor() or platform.machine()),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -468,14 +477,18 @@ def parse(argv: list[str] | None) -> SimpleNamespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="videomae-tiny, its 4×32² clips: seconds on a CPU")
     parser.add_argument("--backbone", default=None, help="default videomae-b (videomae-tiny with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per arm (median); default 7, 5 quick")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per arm (median); default 10, 5 quick")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per arm first; default 2, 1 quick")
+    parser.add_argument("--frames", type=int, default=None, help="clip frames (default: the backbone's, 16)")
+    parser.add_argument("--size", type=int, default=None, help="clip side (default: the backbone's, 224)")
+    parser.add_argument("--engine-dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on CUDA")
     parser.add_argument("--train-batch", type=int, default=None, help="default 8 (4 with --quick)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the JSON (else the markdown section)")
     parser.add_argument("--out", type=Path, default=None, help="write result.json and section.md here")
     a = parser.parse_args(argv)
     device = torch.device(a.device)
+    cuda = device.type == "cuda"
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU (use --device cpu --quick)")
     torch.set_num_threads(a.threads)
@@ -485,15 +498,15 @@ def parse(argv: list[str] | None) -> SimpleNamespace:
         device=device,
         quick=a.quick,
         backbone=backbone,
-        frames=spec.num_frames,
-        size=spec.size,
-        repeats=a.repeats or (5 if a.quick else 7),
+        frames=a.frames or spec.num_frames,
+        size=a.size or spec.size,
+        repeats=a.repeats or (5 if a.quick else 10),
         warmup=a.warmup or (1 if a.quick else 2),
         train_batch=a.train_batch or (4 if a.quick else 8),
         json=a.json,
         out=a.out,
         # The engine serves in bf16 on a GPU; on CPU bf16 matmuls are slow emulation, so fp32 there.
-        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[a.engine_dtype or ("bf16" if cuda else "fp32")],
         cold_mb=4.0,
     )
 
