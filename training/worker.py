@@ -38,7 +38,7 @@ import torch
 
 from vpetl.backbones.base import Backbone
 from vpetl.data.readers import ClipItem, VideoDataset
-from vpetl.errors import DatasetError, IncompatibleAdapter, UnknownTask, UnknownVersion, VpetlError
+from vpetl.errors import DatasetError, IncompatibleAdapter, InvalidRequest, UnknownTask, UnknownVersion, VpetlError
 from vpetl.store import AdapterStore, ClipStore, StoredClip
 from vpetl.store.backbones import BackboneRegistry, describe
 from vpetl.store.jobs import MAX_ATTEMPTS, JobQueue, job_params
@@ -136,6 +136,23 @@ def task_datasets(clips: ClipStore, task: str) -> tuple[VideoDataset, VideoDatas
     return make(train, "train"), make(val, "val")
 
 
+def check_device(device: str) -> str:
+    """``device`` if this machine can train on it, else InvalidRequest saying what is there instead."""
+    from training.trainer import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise InvalidRequest(f"invalid training device {device!r}: {e}") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidRequest(f"training device {device!r} asked for, but this machine has no usable CUDA GPU: "
+                                 "use --device cpu (or auto)")  # fmt: skip
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InvalidRequest(f"training device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 @dataclass
 class Worker:
     """Runs jobs from ``queue`` with ``backbone``; adapters go to ``store``."""
@@ -148,6 +165,7 @@ class Worker:
     claim_idle_ms: int = 60_000
     progress: bool = False
     max_attempts: int = MAX_ATTEMPTS
+    device: str = "auto"  # training device (auto: cuda when present); checked at start by check_device
 
     def run(self, *, max_jobs: int | None = None, stop: threading.Event | None = None) -> int:
         """Handle jobs until ``max_jobs`` entries were handled (run, skipped or given up) or ``stop`` is set."""
@@ -219,7 +237,7 @@ class Worker:
             seed=int(params["seed"]),
             warmup_epochs=min(2.0, int(params["epochs"]) / 5),
             train_views=1,
-            device="auto",
+            device=self.device,
         )
         last_write = [0.0]
 

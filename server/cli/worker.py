@@ -40,6 +40,10 @@ def worker(
     ),
     consumer: str | None = typer.Option(None, "--name", help="consumer name in the group (default host-pid)"),
     threads: int = typer.Option(2, "--threads", help="torch threads"),
+    device: str = typer.Option(
+        "auto", "--device", envvar="VPETL_DEVICE",
+        help="auto (cuda when present), cpu, cuda or cuda:N; a device this machine lacks is refused at start",
+    ),
     wait_s: float = typer.Option(
         60.0, "--backbone-wait-s", envvar="VPETL_BACKBONE_WAIT_S",
         help="with no weights of its own, wait this long for a server to register the backbone",
@@ -49,7 +53,7 @@ def worker(
     import torch
 
     from server.cli.common import resolve_checkpoint
-    from training.worker import Worker
+    from training.worker import Worker, check_device
     from vpetl.backbones.identity import resolve_backbone
     from vpetl.store import AdapterStore, ClipStore
     from vpetl.store.adapters import redis_client
@@ -59,6 +63,7 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     try:
+        check_device(device)  # before any job is claimed: a worker that cannot train must not take jobs
         client = redis_client(redis_url)
         registered = BackboneRegistry(client).get()
         # The deployment's backbone comes from Redis when one is registered (no local file needed on this node);
@@ -73,7 +78,8 @@ def worker(
     console.print(f"[bold]vpetl worker[/] {name}: backbone {backbone} ({model.sha256()[:12]}…), waiting for jobs")
     try:
         done = Worker(
-            model, JobQueue(client), store, clips, name, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts
+            model, JobQueue(client), store, clips, name, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
+            device=device,
         ).run(max_jobs=max_jobs)
     except KeyboardInterrupt:
         done = -1
