@@ -43,8 +43,8 @@ from _harness import alternate as _alternate  # noqa: E402
 from edge_client.cache import EdgeCache  # noqa: E402
 from edge_client.runner import Runner  # noqa: E402
 from edge_client.sdk import Client  # noqa: E402
-from training.onnx_export import export_backbone_onnx  # noqa: E402
 from vpetl.backbones import create_backbone  # noqa: E402
+from vpetl.formats.onnx import export_backbone_onnx  # noqa: E402
 from vpetl.petl import create_model  # noqa: E402
 from vpetl.petl.io import adapter_bytes  # noqa: E402
 from vpetl.petl.registry import make_config  # noqa: E402

@@ -1,7 +1,7 @@
 """Predict on the device with onnxruntime: the backbone graph loaded once, each task's adapter fed as inputs.
 
 The graph (``vpetl export-onnx`` / ``GET /backbone/onnx``) takes the clip and the adapter tensors of one method
-family as inputs (see ``training/onnx_export.py``), so switching tasks is a new feed dict — the session is never
+family as inputs (see ``vpetl/formats/onnx.py``), so switching tasks is a new feed dict — the session is never
 rebuilt. Its ``metadata_props`` carry the input spec, the backbone's name and sha256, the family and the layout, so
 the runner needs nothing else: clips are preprocessed with :func:`vpetl.video.load_clip` under the graph's
 :class:`~vpetl.protocol.InputSpec` (the one the backbone was trained with), and adapters are checked against the
@@ -48,7 +48,7 @@ METHOD_COMPONENTS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """What the graph's metadata says (see ``training.onnx_export.onnx_metadata``)."""
+    """What the graph's metadata says (see ``vpetl.formats.onnx.onnx_metadata``)."""
 
     backbone: str
     backbone_sha256: str

@@ -30,8 +30,8 @@ def export_onnx(
 
     import torch
 
-    from training.onnx_export import export_backbone_onnx
     from vpetl.backbones import create_backbone
+    from vpetl.formats.onnx import export_backbone_onnx
 
     torch.set_num_threads(2)
     start = time.perf_counter()

@@ -64,7 +64,7 @@ def _hash_and_record(path: Path) -> str:
 
 
 def _export(services: Services, family: str, path: Path) -> str:
-    from training.onnx_export import export_backbone_onnx  # torch-heavy: only when a graph is first asked for
+    from vpetl.formats.onnx import export_backbone_onnx  # torch-heavy: only when a graph is first asked for
 
     logger.info("exporting backbone %s as ONNX (family %s) to %s", services.identity.name, family, path)
     export_backbone_onnx(services.require_backbone(), family, path)

@@ -38,9 +38,9 @@ def test_edge_install_has_no_torch_and_predicts_locally(edge_venv: Path, tmp_pat
     from edge_helpers import make_adapter
     from fake_server import FakeServer
 
-    from training.onnx_export import export_backbone_onnx
     from vpetl.backbones import create_backbone
     from vpetl.data.synth import write_mp4
+    from vpetl.formats.onnx import export_backbone_onnx
 
     model, data = make_adapter("bapat", {"bottleneck": 8}, task="demo")
     graph = tmp_path / "g.onnx"

@@ -20,8 +20,8 @@ def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """videomae-tiny exported as the bapat and the lora graph (≈3 s each)."""
     import torch
 
-    from training.onnx_export import export_backbone_onnx
     from vpetl.backbones import create_backbone
+    from vpetl.formats.onnx import export_backbone_onnx
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("graphs")

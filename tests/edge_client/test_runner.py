@@ -12,10 +12,10 @@ import torch
 from edge_helpers import LABELS, TINY, make_adapter
 
 from edge_client.runner import Runner, graph_feeds
-from training.onnx_export import decode_adapter, make_layout, task_feeds
 from vpetl.artifact import read_adapter
 from vpetl.backbones import create_backbone
 from vpetl.errors import IncompatibleAdapter, InvalidRequest
+from vpetl.formats.onnx import decode_adapter, make_layout, task_feeds
 from vpetl.petl.bank import AdapterBank
 from vpetl.video import load_clip
 
@@ -118,7 +118,7 @@ def test_refusals_are_clear(runners: dict[str, Runner]) -> None:
 
 def test_demo_backbone_parity(tmp_path: Path, mp4_clip: Path) -> None:
     """The demo-sized ViT (C=192, depth 6, 8×112²): export + one clip, bapat d=128 as served."""
-    from training.onnx_export import export_backbone_onnx
+    from vpetl.formats.onnx import export_backbone_onnx
 
     info = export_backbone_onnx(create_backbone("vpetl-demo"), "bapat", tmp_path / "demo.onnx")
     model, data = make_adapter("bapat", {"bottleneck": 128}, backbone="vpetl-demo")

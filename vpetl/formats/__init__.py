@@ -8,7 +8,8 @@ What lives here:
   (``config.json`` + ``model.safetensors``).
 - ``vpetl.formats.peft``: a vpetl LoRA adapter ↔ a ``peft`` LoRA adapter directory
   (``adapter_config.json`` + ``adapter_model.safetensors``).
-- ONNX export of a backbone/adapter graph (moved here from ``training/onnx_export.py``).
+- ``vpetl.formats.onnx``: the backbone as one ONNX graph with adapter weights as graph inputs (the edge graph;
+  moved here from ``training/onnx_export.py``).
 
 Importing this package is torch-free; each submodule imports torch only where it converts tensors.
 """
