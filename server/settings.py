@@ -27,7 +27,11 @@ class Settings(BaseSettings):
         "every API and worker process shares; unset = data_dir/clips. S3 endpoint and credentials: the standard "
         "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables (or ~/.aws, an instance role)",
     )
-    admin_token: str | None = Field(None, description="bearer token for write routes")
+    admin_token: str | None = Field(None, description="bootstrap admin token (every scope, every task)")
+    # API keys (vpetl keys create): once an admin token or any key exists, every route but the health probes needs one
+    metrics_public: bool = Field(False, description="serve /metrics without a key (for a Prometheus scraper)")
+    key_check_s: float = Field(0.5, gt=0, description="periodic API key re-check (covers missed revocation events)")
+    audit_max_len: int = Field(100_000, ge=100, description="audit stream length bound (XADD MAXLEN ~)")
     backbone: str = "vpetl-demo"
     checkpoint: Path | None = None
     device: str = "cpu"
