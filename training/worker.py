@@ -240,17 +240,22 @@ class Worker:
             device=self.device,
         )
         last_write = [0.0]
+        # every epoch so far (loss, val metrics): the job record carries its curves, for the console's charts
+        history: list[dict[str, Any]] = []
 
         def on_progress(event: Any) -> None:
             if lost.is_set():  # stop spending the CPU on a job someone else is running now
                 raise JobLost(job_id)
-            if event.kind == "epoch" and epoch_delay_s:
-                time.sleep(epoch_delay_s)
+            if event.kind == "epoch":
+                history.append({key: value for key, value in event.to_dict().items()
+                                if key in ("epoch", "loss", "val_loss", "val_top1", "val_top5", "elapsed_s")})
+                if epoch_delay_s:
+                    time.sleep(epoch_delay_s)
             # progress is for people watching: at most one write a second, plus every epoch (the claim is kept by
             # the heartbeat, not here)
             if event.kind != "epoch" and time.monotonic() - last_write[0] < 1.0:
                 return
-            self.queue.update(job_id, progress=event.to_dict())
+            self.queue.update(job_id, progress={**event.to_dict(), "history": history})
             last_write[0] = time.monotonic()
 
         result = train_adapter(

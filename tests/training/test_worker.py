@@ -47,6 +47,11 @@ def test_job_trains_publishes_and_reports(redis_url: str, clip_dir: Path, tmp_pa
     assert job["state"] == "succeeded", job.get("error")
     assert job["result"]["published"] is True and job["version"] == 1
     assert job["progress"]["epoch"] == 2
+    # the curves the console draws: one entry per finished epoch, the last one the final epoch event itself
+    history = job["progress"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["loss"] == job["progress"]["loss"] and all(h["loss"] > 0 for h in history)
+    assert all(0.0 <= h["val_top1"] <= 1.0 for h in history if "val_top1" in h)
     record = store.get_record("demo-task")
     assert record.version == 1 and record.method == "adaptmlp" and record.num_classes == 3
 
