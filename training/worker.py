@@ -153,6 +153,10 @@ def check_device(device: str) -> str:
     return device
 
 
+# What the job record keeps of each epoch (its progress.history): the curves' points, not the whole event.
+HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_top1", "val_top5", "elapsed_s")
+
+
 @dataclass
 class Worker:
     """Runs jobs from ``queue`` with ``backbone``; adapters go to ``store``."""
@@ -247,8 +251,7 @@ class Worker:
             if lost.is_set():  # stop spending the CPU on a job someone else is running now
                 raise JobLost(job_id)
             if event.kind == "epoch":
-                history.append({key: value for key, value in event.to_dict().items()
-                                if key in ("epoch", "loss", "val_loss", "val_top1", "val_top5", "elapsed_s")})
+                history.append({key: value for key, value in event.to_dict().items() if key in HISTORY_KEYS})
                 if epoch_delay_s:
                     time.sleep(epoch_delay_s)
             # progress is for people watching: at most one write a second, plus every epoch (the claim is kept by
