@@ -1,7 +1,7 @@
 """The only place that turns errors into HTTP responses: ``{"error": {"code", "message"}}`` with a stable code.
 
 - :class:`~vpetl.errors.VpetlError` → its own ``http_status`` and ``code`` (401 adds ``WWW-Authenticate: Bearer``,
-  503 ``overloaded`` adds ``Retry-After``);
+  503 ``overloaded`` and 429 ``rate_limited`` / ``quota_exceeded`` add ``Retry-After``);
 - FastAPI's request validation (bad query/path/body values) → 422 ``invalid_request``;
 - Starlette's own HTTP errors (no such route, wrong method) → their status with ``not_found`` /
   ``method_not_allowed`` …;
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import redis
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from vpetl.errors import Overloaded, Unauthorized, VpetlError
+from vpetl.errors import Overloaded, RateLimited, Unauthorized, VpetlError
 from vpetl.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def vpetl_error_response(error: VpetlError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="vpetl"'
     if isinstance(error, Overloaded):
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    if isinstance(error, RateLimited):  # 429: when the key's bucket or quota has room again (whole seconds)
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return error_response(error.http_status, error.code, error.message, headers or None)
 
 

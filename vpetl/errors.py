@@ -122,3 +122,37 @@ class DatasetError(VpetlError):
 
     code = "invalid_dataset"
     http_status = 422
+
+
+class InsufficientScope(VpetlError):
+    """A valid API key whose scopes do not include what the route needs."""
+
+    code = "insufficient_scope"
+    http_status = 403
+
+
+class KeyRevoked(VpetlError):
+    code = "key_revoked"
+    http_status = 403
+
+
+class KeyExpired(VpetlError):
+    code = "key_expired"
+    http_status = 403
+
+
+class RateLimited(VpetlError):
+    """Over a per-key limit; ``retry_after_s`` is sent as ``Retry-After`` (whole seconds, at least 1)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(RateLimited):
+    """Over a per-key quota (upload bytes per day, training jobs per hour)."""
+
+    code = "quota_exceeded"
