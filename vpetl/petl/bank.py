@@ -31,6 +31,7 @@ from vpetl.petl import functional as PF
 from vpetl.petl.bank_adapter import BankBlockAdapter, BlockPlan, Part
 from vpetl.petl.bank_tasks import TaskAdapter, decode_task, expected_shapes
 from vpetl.petl.cache import ByteBudgetLRU
+from vpetl.petl.lora import LORA_TARGETS
 from vpetl.petl.registry import method_config_from_dict
 
 Tensor = torch.Tensor
@@ -286,7 +287,7 @@ def _gather_plan(adapters: Sequence[TaskAdapter], counts: Sequence[int], index: 
         for comp in a.blocks.get(index, {}):
             present.setdefault(comp, None)
     positions = tuple(s for s in "qkv" if any(s in a.patt_positions for a in adapters))
-    targets = tuple(s for s in "qkv" if any(s in a.lora_targets for a in adapters))
+    targets = tuple(s for s in LORA_TARGETS if any(s in a.lora_targets for a in adapters))
     comps: dict[str, dict[str, Tensor]] = {}
     for comp in present:
         suffixes: dict[str, None] = {}
@@ -299,14 +300,8 @@ def _gather_plan(adapters: Sequence[TaskAdapter], counts: Sequence[int], index: 
             per_task.append(w)
             suffixes.update(dict.fromkeys(w))
         if comp == "lora":
-            for w in per_task:  # a target only other tasks have: zero A/B of this task's rank
-                a_ref = next((t for k, t in w.items() if k.endswith(".A")), None)
-                b_ref = next((t for k, t in w.items() if k.endswith(".B")), None)
-                if a_ref is None or b_ref is None:
-                    continue  # no LoRA in this task at all: zeros of the stack shape below
-                for t in targets:
-                    if f"{t}.A" not in w:
-                        w[f"{t}.A"], w[f"{t}.B"] = torch.zeros_like(a_ref), torch.zeros_like(b_ref)
+            # A target only some tasks have gets zero A/B rows for the others below (the stack's shape comes from
+            # the tasks that have it: fc1's A is (r, C) but fc2's is (r, H), so no other target's shape will do).
             suffixes = dict.fromkeys(f"{t}.{m}" for t in targets for m in "AB")
         stacked: dict[str, Tensor] = {}
         for suffix in suffixes:

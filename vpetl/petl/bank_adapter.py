@@ -109,7 +109,8 @@ class BankBlockAdapter(BlockAdapter):
         if "patt" in comps:
             q, k, v = PF.patt_qkv(h, q, k, v, comps["patt"], scale=1.0, positions=part.patt_positions)
         if "lora" in comps:
-            q, k, v = PF.lora_qkv(h, q, k, v, comps["lora"], scale=1.0, targets=part.lora_targets)
+            qkv = tuple(t for t in part.lora_targets if t in PF.QKV_SLOTS)  # proj/fc1/fc2 go through adapt_linear
+            q, k, v = PF.lora_qkv(h, q, k, v, comps["lora"], scale=1.0, targets=qkv)
         if "bitfit" in comps:
             bias = comps["bitfit"]
             q = PF.add_bias(q, bias["q"]) if "q" in bias else q
@@ -134,6 +135,7 @@ class BankBlockAdapter(BlockAdapter):
         return q, k, v
 
     def adapt_linear(self, name: str, x: Tensor, y: Tensor, ctx: BlockContext) -> Tensor:
+        y = self._lora_linear(name, x, y, ctx)
         parts = [p for p in self._parts("bitfit") if name in p.comps["bitfit"]]
         if not parts:
             return y
@@ -143,6 +145,19 @@ class BankBlockAdapter(BlockAdapter):
         for part in parts:
             a, b = part.start * rows, part.end * rows
             y[a:b] = PF.add_bias(y[a:b], part.comps["bitfit"][name])
+        return y
+
+    def _lora_linear(self, name: str, x: Tensor, y: Tensor, ctx: BlockContext) -> Tensor:
+        """LoRA on proj / fc1 / fc2: ``y + B A x`` (α/r folded into B) for the samples whose task targets ``name``."""
+        parts = [p for p in self._parts("lora") if f"{name}.A" in p.comps["lora"]]
+        if not parts:
+            return y
+        if self._whole():  # a gather stack has zero A/B for the tasks that do not target this op
+            return y + PF.lora_delta(x, PF.sub(parts[0].comps["lora"], name), scale=1.0)
+        rows = ctx.rows_per_sample
+        for part in parts:
+            a, b = part.start * rows, part.end * rows
+            y[a:b] = y[a:b] + PF.lora_delta(x[a:b], PF.sub(part.comps["lora"], name), scale=1.0)
         return y
 
     def adapt_mlp(self, h: Tensor, m: Tensor, ctx: BlockContext) -> Tensor:

@@ -4,7 +4,7 @@ Canonical components (what the bank's hook adapter knows how to mix in one forwa
 
 - ``patt``: down/up of PATT with ``s`` folded into up (``s·(W z + b) = (sW) z + s b``), slots per ``positions``;
 - ``adaptmlp.parallel`` / ``adaptmlp.sequential``: AdaptMLP with ``s`` folded into up;
-- ``lora``: ``{t}.A``, ``{t}.B`` per target with ``α/r`` folded into B;
+- ``lora``: ``{t}.A``, ``{t}.B`` per target (q, k, v, proj, fc1, fc2) with ``α/r`` folded into B;
 - ``st_adapter.pre_attn`` / ``st_adapter.pre_mlp``: ST-Adapter as trained;
 - ``bitfit``: bias deltas ``task − frozen`` per hooked op (q, k, v, norm1, proj, norm2, fc1, fc2; ``patch`` on
   block 0 for the patch-embedding bias) plus a pooled-feature delta (the final norm's bias).
@@ -26,6 +26,7 @@ import torch
 from vpetl.backbones.base import Backbone
 from vpetl.errors import IncompatibleAdapter, VpetlError
 from vpetl.petl.base import Method, MethodAdapter, MethodConfig
+from vpetl.petl.lora import LORA_TARGETS
 from vpetl.petl.registry import get_method, method_config_from_dict
 
 Tensor = torch.Tensor
@@ -225,7 +226,7 @@ def decode_task(
         if "lora" in comps:
             w = comps["lora"]
             scaling = config.scaling  # type: ignore[attr-defined]
-            targets = sorted({k.split(".")[0] for k in w}, key="qkv".index)
+            targets = sorted({k.split(".")[0] for k in w}, key=LORA_TARGETS.index)
             canon["lora"] = {k: (_scaled(t, scaling) if k.endswith(".B") else t) for k, t in w.items()}
             out.lora_targets = tuple(targets)
         if "st_adapter" in comps:

@@ -23,6 +23,10 @@ VIDEO_MIX = [
     ("adaptmlp", {"bottleneck": 6}),
     ("lora", {"rank": 4, "targets": ("q", "v")}),
     ("lora", {"rank": 2, "targets": ("k",), "alpha": 4.0}),
+    # LoRA beyond attention: MLP-only, every op, and one op only, with ranks that differ (padded in gather mode)
+    ("lora", {"rank": 3, "targets": ("proj", "fc1", "fc2"), "dropout": 0.1}),
+    ("lora", {"rank": 5, "targets": ("q", "k", "v", "proj", "fc1", "fc2"), "alpha": 2.0}),
+    ("lora", {"rank": 2, "targets": ("fc2",)}),
     ("bitfit", {}),
     ("linear", {}),
     ("prefix", {"num_tokens": 3, "bottleneck": 8}),
@@ -33,6 +37,7 @@ VIT_MIX = [
     ("st_adapter", {"bottleneck": 8}),
     ("bapat", {"bottleneck": 8}),
     ("lora", {"rank": 4}),
+    ("lora", {"rank": 3, "targets": ("v", "fc1")}),
     ("linear", {}),
     ("bitfit", {}),
     ("dualpath", {"bottleneck": 8}),
