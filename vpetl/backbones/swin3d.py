@@ -69,16 +69,25 @@ def shift_attention_mask(padded: Triple, ws: Triple, shift: Triple, device: torc
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
-def relative_position_index(ws: Triple, max_ws: Triple) -> Tensor:
-    """(N, N) rows into the (2·Wd−1)(2·Wh−1)(2·Ww−1) bias table of the full ``max_ws`` window.
-
-    For the official 8×7×7 table and a window clamped to (4,7,7) this equals the official ``index[:N, :N]``.
-    """
-    coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in ws], indexing="ij")).flatten(1)  # (3, N)
+def full_relative_position_index(window: Triple) -> Tensor:
+    """(N, N) rows into the (2·Wd−1)(2·Wh−1)(2·Ww−1) bias table for the tokens of a full ``window`` (d-major)."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in window], indexing="ij")).flatten(1)  # (3, N)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 3)
-    rel = rel + torch.tensor([m - 1 for m in max_ws])
-    stride_d = (2 * max_ws[1] - 1) * (2 * max_ws[2] - 1)
-    return rel[..., 0] * stride_d + rel[..., 1] * (2 * max_ws[2] - 1) + rel[..., 2]
+    rel = rel + torch.tensor([m - 1 for m in window])
+    stride_d = (2 * window[1] - 1) * (2 * window[2] - 1)
+    return rel[..., 0] * stride_d + rel[..., 1] * (2 * window[2] - 1) + rel[..., 2]
+
+
+def relative_position_index(ws: Triple, max_ws: Triple) -> Tensor:
+    """(N, N) table rows for an effective window ``ws`` (N = ws0·ws1·ws2) of a block built for ``max_ws``.
+
+    As the official Video Swin code: the index of the full ``max_ws`` window sliced ``[:N, :N]``. Tokens are
+    d-major, so where only the depth is clamped (8 frames, 224²: (4, 7, 7)) the slice is the geometric offset
+    index; where H or W are clamped too (96–160² inputs) it pairs tokens with the offsets of the first N tokens
+    of the full window. Official checkpoints were trained and are evaluated that way, so vpetl does the same.
+    """
+    n = ws[0] * ws[1] * ws[2]
+    return full_relative_position_index(max_ws)[:n, :n]
 
 
 class WindowAttention3D(nn.Module):

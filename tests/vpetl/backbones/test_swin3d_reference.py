@@ -6,18 +6,17 @@ cyclic shift by half a window on odd blocks with the region mask (−100 across 
 final LN. Nothing from ``vpetl.backbones.swin3d`` or ``layers`` is called.
 
 The relative position bias: the official code builds the index for the full (8,7,7) window and slices
-``index[:N, :N]`` for a clamped window. That slice is the geometric offset index only when the clamping is in the
-depth dim (tokens are d-major; the (4,7,7) case of PETL_SPEC §1.2). The tiny config clamps H and W too (stages 2-3
-have 4×4 and 2×2 grids), where the slice would pair tokens with unrelated offsets; the reference here uses the
-geometric index (the Swin paper's definition, table row of the offset), and
-``test_official_slice_is_geometric_for_depth_clamping`` pins that the two agree exactly where the official code is
-meaningful.
+``index[:N, :N]`` for a clamped window; the reference does exactly that. Where only the depth is clamped (tokens are
+d-major: the (4,7,7) window of 8 frames at 224², PETL_SPEC §1.2) the slice is the geometric offset index; where H/W
+are clamped too (96–160² inputs, the tiny config's 4×4 and 2×2 stages) it is not, and official checkpoints are
+evaluated with the slice. ``test_official_slice_*`` pin both facts, and the 96–224² cases pin the whole forward.
 
 All weights are randomised (LayerNorms and relative-position tables included) and compared in float64 at 1e-5.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -95,6 +94,7 @@ def compute_mask(d: int, h: int, w: int, ws: Triple, ss: Triple) -> Tensor:
     return m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0)
 
 
+@functools.cache  # built once per window: the reference calls it in every block
 def official_index(full: Triple) -> Tensor:
     """The official ``relative_position_index`` of the full window: (N_full, N_full)."""
     coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in full], indexing="ij")).flatten(1)
@@ -107,17 +107,30 @@ def official_index(full: Triple) -> Tensor:
     return rel.sum(-1)
 
 
+@functools.cache
 def geometric_index(ws: Triple, full: Triple) -> Tensor:
     """Row of the table for each (query, key) pair of a ``ws`` window: its 3D offset, as in the full window."""
     pts = [(d, h, w) for d in range(ws[0]) for h in range(ws[1]) for w in range(ws[2])]
     rows = []
     for a in pts:
-        rows.append([
-            (a[0] - b[0] + full[0] - 1) * (2 * full[1] - 1) * (2 * full[2] - 1)
-            + (a[1] - b[1] + full[1] - 1) * (2 * full[2] - 1) + (a[2] - b[2] + full[2] - 1)
-            for b in pts
-        ])
+        rows.append(
+            [
+                (a[0] - b[0] + full[0] - 1) * (2 * full[1] - 1) * (2 * full[2] - 1)
+                + (a[1] - b[1] + full[1] - 1) * (2 * full[2] - 1)
+                + (a[2] - b[2] + full[2] - 1)
+                for b in pts
+            ]
+        )
     return torch.tensor(rows)
+
+
+def official_sliced_index(ws: Triple, full: Triple) -> Tensor:
+    """What the official ``WindowAttention3D`` uses for an effective window ``ws``: ``index[:N, :N]``."""
+    n = ws[0] * ws[1] * ws[2]
+    return official_index(full)[:n, :n]
+
+
+INDEX = official_sliced_index  # the reference's index; a test swaps in the geometric one to show it matters
 
 
 def window_attention(attn: torch.nn.Module, x: Tensor, ws: Triple, mask: Tensor | None) -> Tensor:
@@ -127,7 +140,7 @@ def window_attention(attn: torch.nn.Module, x: Tensor, ws: Triple, mask: Tensor 
     q, k, v = qkv[0], qkv[1], qkv[2]
     q = q * (c // nh) ** -0.5
     a = q @ k.transpose(-2, -1)  # (B_, nH, N, N)
-    idx = geometric_index(ws, attn.window_size)
+    idx = INDEX(ws, attn.window_size)
     bias = attn.relative_position_bias_table[idx.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
     a = a + bias.unsqueeze(0)
     if mask is not None:
@@ -256,10 +269,45 @@ def test_official_slice_is_geometric_for_depth_clamping(ws: Triple) -> None:
 
 
 def test_official_slice_differs_for_spatial_clamping() -> None:
-    """…and where H/W are clamped (tiny inputs) it does not: the geometric index is the meaningful one (see the
-    module docstring); vpetl uses it."""
+    """…and where H/W are clamped (96–160² inputs) it does not: the two definitions are really different there."""
     n = 2 * 4 * 4
     assert not torch.equal(official_index((8, 7, 7))[:n, :n], geometric_index((2, 4, 4), (8, 7, 7)))
+
+
+def test_backbone_index_is_the_official_slice() -> None:
+    from vpetl.backbones.swin3d import relative_position_index
+
+    for ws in [(8, 7, 7), (4, 7, 7), (4, 3, 3), (4, 5, 5), (2, 4, 4), (1, 6, 6), (4, 7, 5)]:
+        assert torch.equal(relative_position_index(ws, (8, 7, 7)), official_sliced_index(ws, (8, 7, 7)))
+
+
+# Swin-B's window (8,7,7) and patch (2,4,4) on the tiny widths, 8 frames (T' = 4: depth clamped in every stage):
+# 96² has stage grids 24, 12, 6, 3 (H/W clamped in stages 2-3), 112²: 28, 14, 7, 4 (stage 3), 160²: 40, 20, 10,
+# 5 (stage 3, stage 2 padded 10 -> 14 with a shift), 224²: 56, 28, 14, 7 (no spatial clamping).
+@pytest.mark.parametrize("size", [96, 112, 160, 224])
+def test_swin3d_official_index_at_paper_sizes(size: int) -> None:
+    bb = create_backbone("swin3d-tiny").double()
+    assert bb.config.window_size == (8, 7, 7) and bb.config.patch_size == (2, 4, 4)
+    randomize(bb, seed=13)
+    x = torch.randn(1, 3, 8, size, size, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    want = reference_tokens(bb, x)
+    with torch.no_grad():
+        got = bb.forward_tokens(x)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_geometric_index_would_differ_where_hw_clamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison above has teeth: a reference with the geometric index is far off at 96² (where the official
+    slice is not geometric; at 224² the two agree, ``test_official_slice_is_geometric_for_depth_clamping``)."""
+    size = 96
+    bb = create_backbone("swin3d-tiny").double()
+    randomize(bb, seed=13)
+    x = torch.randn(1, 3, 8, size, size, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        got = bb.forward_tokens(x)
+    monkeypatch.setitem(globals(), "INDEX", geometric_index)
+    gap = float((reference_tokens(bb, x) - got).abs().max())
+    assert gap > 1e-3, gap
 
 
 def test_shift_mask_matches_official() -> None:
