@@ -17,7 +17,9 @@ What it measures (``videomae-b``, 16×224² clips = 1568 tokens, random init: sp
 4. cold load of a ~4 MB LoRA adapter: artifact bytes → ``bank.load`` → tensors on the device, synchronized.
 5. one training step (forward, CE, backward, SGD; bf16 autocast on CUDA) of BAPAT / LoRA ÷ full fine-tuning
    (benchmarks/train_step.py's ``build`` and ``step``).
-6. end-to-end /predict is not run here (the GPU machine has no Ray/Redis/decord): BENCHMARKS.md's Serving section
+6. the data path (benchmarks/gpu_data_path.py): pageable vs pinned + own stream vs + TF32 vs + torch.compile at
+   fixed buckets, host clips → logits on the host, B = 1 and 32 (fp32, BAPAT, N = 8).
+7. end-to-end /predict is not run here (the GPU machine has no Ray/Redis/decord): BENCHMARKS.md's Serving section
    has it, measured on CPU.
 
 Conventions (BENCHMARKS.md): arms compared in one run and alternated A, B, C, A, B, C …; median of ``--repeats``
@@ -46,12 +48,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import gpu_data_path  # noqa: E402  (the data-path section)
 import train_step  # noqa: E402  (its build/step: the training step measured the same way as its own benchmark)
 
 from vpetl.artifact import read_adapter  # noqa: E402
 from vpetl.backbones import create_backbone  # noqa: E402
 from vpetl.petl import create_model  # noqa: E402
 from vpetl.petl.bank import AdapterBank  # noqa: E402
+from vpetl.petl.data_path import DataPath  # noqa: E402
 from vpetl.petl.io import adapter_bytes  # noqa: E402
 from vpetl.petl.registry import make_config  # noqa: E402
 
@@ -194,7 +198,8 @@ def engine(args: SimpleNamespace, timer: Timer) -> dict[str, Any]:
     backbone = create_backbone(args.backbone).to(args.device, dtype)
     # One bank holds both methods' adapters, as a server's would. 32 BAPAT d=128 adapters on videomae-b are ~300 MB
     # in bf16, over the default 256 MB budget: evicted ones would come back as UnknownTask slots, i.e. no compute.
-    bank = AdapterBank(backbone, budget_bytes=16 << 30)
+    # TF32 off: it is a process-wide switch the default data path turns on; the data-path section measures it.
+    bank = AdapterBank(backbone, budget_bytes=16 << 30, data_path=DataPath(tf32=False))
     bank_passes = Counter(backbone)
     clips = torch.randn(B, 3, args.frames, args.size, args.size, device=args.device).to(dtype)
     tokens = backbone.token_info(args.frames, args.size)["tokens"]
@@ -261,7 +266,7 @@ def engine(args: SimpleNamespace, timer: Timer) -> dict[str, Any]:
 def cold_load(args: SimpleNamespace, timer: Timer) -> dict[str, Any]:
     """Artifact bytes → ``bank.load`` (validate, decode, copy to the device) → synchronized, for a ~4 MB LoRA."""
     backbone = create_backbone(args.backbone).to(args.device, args.dtype)
-    bank = AdapterBank(backbone)
+    bank = AdapterBank(backbone, data_path=DataPath(tf32=False))
     depth, c = len(backbone.adaptable_blocks()), backbone.num_features
     rank = max(1, round(args.cold_mb * 2**20 / (4 * depth * 4 * c)))  # LoRA on q and v: 4·C·r fp32 per block
     data = perturbed_adapters(args.backbone, "lora", {"rank": rank}, 1, prefix="cold")[0]
@@ -366,6 +371,7 @@ def run(args: SimpleNamespace) -> dict[str, Any]:
         ("engine", engine),
         ("cold_load", cold_load),
         ("train_step", training),
+        ("data_path", lambda a, _t: gpu_data_path.data_path(a, alternate, Timer, perturbed_adapters)),
     ]
     result["seconds"] = {}
     for name, fn in sections:
@@ -464,6 +470,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"FLOP reference for a method that backpropagates through every block: ≈ {ts['flop_reference_vs_full']:.2f}"
         " × full (input gradients, no weight gradients).",
+        *gpu_data_path.markdown(r["data_path"]),
         "",
         f"End-to-end /predict: skipped ({r['predict_e2e']['skipped']}).",
         "",

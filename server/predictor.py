@@ -302,7 +302,7 @@ class Predictor:
 
     def _forward(self, items: list[_Item]) -> list[tuple[Any, float] | BaseException]:
         started = time.perf_counter()
-        clips = torch.stack([item.clip for item in items])  # (B, C, T, H, W)
+        clips = self.bank.stager.stack([item.clip for item in items])  # (B, C, T, H, W), pinned on CUDA
         results = self.bank.forward(clips, [item.key for item in items])
         elapsed = time.perf_counter() - started
         return [r if isinstance(r, VpetlError) else (r, elapsed) for r in results]

@@ -165,7 +165,10 @@ def create_services(settings: Settings, *, with_backbone: bool = True) -> Servic
             )  # fmt: skip
             backbone = backbone.to(settings.device)
             # the bank hashes the backbone (fp32 identity) before casting it to the serving dtype
-            bank = AdapterBank(backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024), dtype=settings.dtype)
+            bank = AdapterBank(
+                backbone, budget_bytes=int(settings.cache_mb * 1024 * 1024), dtype=settings.dtype,
+                data_path=settings.data_path(),
+            )  # fmt: skip
         else:
             found = registry.wait(settings.backbone_wait_s)
             if found is None:

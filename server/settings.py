@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vpetl.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from vpetl.petl.data_path import DataPath
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,14 @@ class Settings(BaseSettings):
         "fp32", description="serving dtype of the backbone and adapters (logits and softmax stay fp32)"
     )
     max_batch_size: int = Field(8, ge=1)
+    # The device data path (vpetl/petl/data_path.py); pinned/stream/tf32 only act on CUDA.
+    pinned_memory: bool = Field(True, description="CUDA: stack batches into pinned host buffers, copy non-blocking")
+    cuda_stream: bool = Field(True, description="CUDA: run forwards on the predictor's own stream")
+    tf32: bool = Field(True, description="CUDA: allow TF32 tensor cores for fp32 matmuls")
+    batch_buckets: str = Field(
+        "", description="pad batches to these sizes, e.g. 1,8,32 (fixed shapes for torch.compile); empty: no padding"
+    )
+    compile: bool = Field(False, description="torch.compile the backbone forward (measure first: benchmarks/gpu.py)")
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
     batch_policy: Literal["mixed", "per-task"] = Field(
@@ -92,6 +103,21 @@ class Settings(BaseSettings):
     @property
     def max_adapter_bytes(self) -> int:
         return int(self.max_adapter_mb * 1024 * 1024)
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _buckets_are_sizes(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f"batch buckets are comma-separated sizes >= 1 such as 1,8,32, not {value!r}")
+        return ",".join(str(n) for n in sorted({int(p) for p in parts}))
+
+    def data_path(self) -> DataPath:
+        """The bank's device data path from these settings."""
+        from vpetl.petl.data_path import DataPath, parse_buckets
+
+        return DataPath(pinned=self.pinned_memory, stream=self.cuda_stream, tf32=self.tf32,
+                        buckets=parse_buckets(self.batch_buckets), compile=self.compile)  # fmt: skip
 
     def check_bind(self) -> None:
         """Refuse to serve a non-loopback address without an admin token (write routes would be open)."""

@@ -146,6 +146,14 @@ def serve(
         None, help="serving dtype of backbone and adapters: fp32, bf16 or fp16; logits stay fp32 (default: fp32)"
     ),
     replicas: int | None = typer.Option(None, help="predictor replicas (ray engine) (default: 1)"),
+    batch_buckets: str | None = typer.Option(
+        None, help="pad batches to these sizes, e.g. 1,8,32: fixed shapes for --compile (default: no padding)"
+    ),
+    compile_backbone: bool | None = typer.Option(
+        None, "--compile/--no-compile",
+        help="torch.compile the backbone forward; each new task mix compiles again, so measure first "
+        "(`vpetl bench gpu`) (default: off)",
+    ),
     max_batch_size: int | None = typer.Option(None, help="clips per model batch (default: 8)"),
     max_wait_ms: float | None = typer.Option(None, help="longest wait for a batch to fill, ms (default: 5)"),
     max_queue: int | None = typer.Option(None, help="clips that may wait; beyond it requests get 503 (default: 64)"),
@@ -167,6 +175,7 @@ def serve(
         settings = get_settings(
             engine=engine, host=host, port=port, redis_url=redis_url, backbone=backbone, checkpoint=checkpoint,
             data_dir=data_dir, clip_store=clip_store, device=device, dtype=dtype, replicas=replicas,
+            batch_buckets=batch_buckets, compile=compile_backbone,
             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_policy=batch_policy,
             cache_mb=cache_mb, max_upload_mb=max_upload_mb, max_adapter_mb=max_adapter_mb, admin_token=admin_token,
         )  # fmt: skip

@@ -76,6 +76,12 @@ def test_quick_cpu_run_reports_every_figure_and_target(run: tuple[dict[str, Any]
         row = ts["methods"][method]
         assert _positive(row["vs_full"]) and _positive(row["step_ms"]) and 0 < row["trainable_params"] < full_params
 
+    dp = r["data_path"]  # on CPU: no pinning (CUDA-only), the compile arm left out with --quick
+    assert dp["arms"] == ["plain", "pinned+stream", "+tf32"] and dp["batches"] == [1, 32]
+    assert dp["pinned"] == {"plain": False, "pinned+stream": False, "+tf32": False}
+    assert all(_positive(v) for a in dp["arms"] for v in dp["clips_per_s"][a].values())
+    assert dp["over_plain"]["plain"] == {"1": 1.0, "32": 1.0} and "skipped" in dp["compile_first_call_s"]
+
     assert "skipped" in r["predict_e2e"]
     assert set(r["targets"]) == TARGET_KEYS
     for t in r["targets"].values():
@@ -87,5 +93,6 @@ def test_out_dir_holds_the_json_and_a_ready_markdown_section(run: tuple[dict[str
     assert json.loads((out / "result.json").read_text())["targets"] == r["targets"]
     section = (out / "section.md").read_text()
     assert section.startswith("## GPU (`benchmarks/gpu.py`)")
-    for needle in ("B=32", "N=32", "adapter tax", "FLOP bound", "naive swap", "Cold load", "× full", "/predict"):
+    for needle in ("B=32", "N=32", "adapter tax", "FLOP bound", "naive swap", "Cold load", "× full", "/predict",
+                   "Data path", "pinned+stream"):
         assert needle in section

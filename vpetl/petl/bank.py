@@ -31,6 +31,7 @@ from vpetl.petl import functional as PF
 from vpetl.petl.bank_adapter import BankBlockAdapter, BlockPlan, Part
 from vpetl.petl.bank_tasks import TaskAdapter, decode_task, expected_shapes
 from vpetl.petl.cache import ByteBudgetLRU
+from vpetl.petl.data_path import DataPath, Stager, pad_to_bucket
 from vpetl.petl.lora import LORA_TARGETS
 from vpetl.petl.registry import method_config_from_dict
 
@@ -74,6 +75,8 @@ class AdapterBank:
         dtype: serving dtype (``fp32|bf16|fp16`` or a torch dtype); the backbone is cast in place, adapters are
             cast once at load, clips before the forward. None keeps the backbone's own dtype. Logits come back
             in fp32 whatever the dtype.
+        data_path: pinned staging, own CUDA stream, TF32, batch buckets, torch.compile
+            (:mod:`vpetl.petl.data_path`; default: pinned + stream + TF32 on CUDA, no buckets, no compile).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class AdapterBank:
         budget_bytes: int = 256 << 20,
         strategy: str = "gather",
         dtype: str | torch.dtype | None = None,
+        data_path: DataPath | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
@@ -95,6 +99,10 @@ class AdapterBank:
         self.strategy = strategy
         ref = next(backbone.parameters())
         self.device, self.dtype = ref.device, ref.dtype
+        self.data_path = data_path or DataPath()
+        self.stager = Stager(self.device, self.data_path)
+        # torch.compile wraps the forward only: parameters, hooks and plans stay those of self.backbone.
+        self._backbone_forward = torch.compile(self.backbone) if self.data_path.compile else self.backbone
         self.blocks = backbone.adaptable_blocks()
         self.hooks: list[BankBlockAdapter] = []
         for block in self.blocks:
@@ -194,7 +202,10 @@ class AdapterBank:
                 adapters[key] = adapter
         self.cache.pin(adapters)
         try:
-            with self._forward_lock:
+            with self._forward_lock, self.stager.context():
+                if self.stager.stream is not None:  # adapters were loaded on the default stream: wait for them
+                    self.stager.stream.wait_stream(torch.cuda.default_stream(self.device))
+                clips = self.stager.to_device(clips, self.dtype)  # (B, 3, T, H, W): one copy, sorting on device
                 order = sorted((i for i, k in enumerate(keys) if k in adapters), key=lambda i: keys[i])
                 for i, k in enumerate(keys):
                     if k not in adapters:
@@ -214,13 +225,17 @@ class AdapterBank:
     ) -> None:
         ordered_keys = list(dict.fromkeys(keys[i] for i in rows))
         counts = [sum(1 for i in rows if keys[i] == k) for k in ordered_keys]
-        prepared = self._prepare([adapters[k] for k in ordered_keys], counts)
         x = clips[rows] if rows != list(range(clips.shape[0])) else clips  # (B', 3, T, H, W), sorted by task
-        x = x.to(self.device, self.dtype)
+        bucket = self.data_path.bucket(len(rows))
+        # The padded rows belong to the last task (their logits are dropped below); plans see the padded counts.
+        padded = counts[:-1] + [counts[-1] + bucket - len(rows)] if bucket > len(rows) else counts
+        if padded is not counts:
+            x = pad_to_bucket(x, bucket)  # (bucket, 3, T, H, W)
+        prepared = self._prepare([adapters[k] for k in ordered_keys], padded)
         for hook, plan in zip(self.hooks, prepared.plans, strict=True):
             hook.plan = plan
         try:
-            features = self.backbone(x)  # (B', F): the one backbone forward
+            features = self._backbone_forward(x)  # (B', F): the one backbone forward
         finally:
             for hook in self.hooks:
                 hook.plan = None
@@ -231,6 +246,7 @@ class AdapterBank:
             if adapter.pooled_bias is not None:
                 f = f + adapter.pooled_bias
             logits = PF.head(f, {"weight": adapter.head_weight, "bias": adapter.head_bias}).float()  # (n, K) fp32
+            logits = logits.cpu()  # on an accelerator: waits for this forward (and with it the staged copy)
             for j, i in enumerate(rows[start : start + n]):
                 out[i] = logits[j]
             start += n
@@ -248,9 +264,9 @@ class AdapterBank:
                 p = self.backbone.get_parameter(path)
                 saved[path] = p.detach().clone()
                 p.data.copy_(value)
-            x = clips[rows].to(self.device, self.dtype)
+            x = clips[rows]  # already on the device in the serving dtype (forward)
             features = adapter.method_obj.features(self.backbone, x)
-            logits = PF.head(features, {"weight": adapter.head_weight, "bias": adapter.head_bias}).float()
+            logits = PF.head(features, {"weight": adapter.head_weight, "bias": adapter.head_bias}).float().cpu()
             for j, i in enumerate(rows):
                 out[i] = logits[j]
         finally:
