@@ -10,6 +10,8 @@ Source formats:
 - ``videomae-hf``: HF transformers ``VideoMAEModel`` / ``VideoMAEForVideoClassification`` state dicts.
 - ``swin3d``: official Video-Swin-Transformer ``.pth`` (container ``state_dict``, ``backbone.`` prefix,
   ``cls_head.*`` dropped, ``relative_position_index`` buffers recomputed).
+- ``clip``: OpenAI CLIP / open_clip visual tower (bare, or a whole model with ``visual.`` keys), for
+  ``clip-vit-b16``: table and strict converter in :mod:`vpetl.backbones.clip`.
 - ``vpetl``: vpetl's own layout (e.g. the demo backbone written by ``vpetl pretrain``).
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vpetl.backbones.base import Backbone
+from vpetl.backbones.clip import convert_clip_visual, is_clip_visual
 from vpetl.errors import CheckpointError
 from vpetl.formats.keymaps import videomae_hf_to_vpetl
 
@@ -147,6 +150,7 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], StateDict]] = {
     "videomae": convert_videomae_original,
     "videomae-hf": convert_videomae_hf,
     "swin3d": convert_swin3d_official,
+    "clip": convert_clip_visual,
     "vpetl": convert_identity,
 }
 
@@ -154,6 +158,8 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], StateDict]] = {
 def detect_format(sd: Mapping[str, Tensor]) -> str:
     """Recognise the source layout from telltale keys."""
     keys = list(sd)
+    if is_clip_visual(sd):
+        return "clip"
     if any(".encoder.layer." in k or k.startswith("encoder.layer.") for k in keys):
         return "videomae-hf"
     if any(k.startswith("backbone.") for k in keys) or any("relative_position_index" in k for k in keys):
