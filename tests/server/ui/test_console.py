@@ -1,0 +1,232 @@
+"""The web console (``/ui``) in a real headless Chromium against a real ``vpetl serve`` (uvicorn) with real
+published adapters: pages load without console errors, the task list is the API's, a clip dropped in "Try it" gets
+``/predict``'s top-1, a rollback from the UI moves the pointer, API errors show the API's message, and 1,000 tasks
+are paged. Set ``VPETL_UI_SCREENSHOTS=DIR`` to save a PNG of each page there (docs/console/ holds the README's).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server.conftest import BACKBONE, ServerProcess, db_url, flush, make_adapter
+from tests.server.ui.conftest import console_errors, drop_file, wait_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "console-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OCTET = {"Content-Type": "application/octet-stream"}
+SCREENSHOTS = os.environ.get("VPETL_UI_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def server(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    url = db_url(redis_server_url, 10)
+    flush(url)
+    tmp = tmp_path_factory.mktemp("console")
+    args = ["--redis-url", url, "--backbone", BACKBONE, "--data-dir", str(tmp / "data")]
+    proc = ServerProcess(args, tmp / "server.log", env={"VPETL_ADMIN_TOKEN": TOKEN}).start()
+    proc.redis_url = url  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        flush(url)
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0, headers=AUTH) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def published(http: httpx.Client) -> dict[str, Any]:
+    """cats v1..v3 (val top-1 0.51/0.52/0.53 in their metrics, v3 current) and dogs v1, uploaded over HTTP."""
+    for task, seeds in (("cats", (1, 2, 3)), ("dogs", (4,))):
+        for seed in seeds:
+            r = http.put(f"/adapters/{task}", content=make_adapter(task, seed=seed), headers=OCTET)
+            assert r.status_code == 201, r.text
+    return {a["task"]: a for a in http.get("/adapters").json()["adapters"]}
+
+
+@pytest.fixture
+def page(browser: Any, server: ServerProcess, published: dict[str, Any]) -> Iterator[Any]:
+    """The browser at the console's origin with the token typed in (this tab's sessionStorage, as the token
+    dialog stores it) and an empty console log."""
+    browser.get(server.url + "/ui/")
+    browser.execute_script("sessionStorage.clear(); sessionStorage.setItem('vpetl.token', arguments[0])", TOKEN)
+    console_errors(browser)  # drain what earlier tests left
+    yield browser
+
+
+def dialog_open(driver: Any, dialog_id: str) -> bool:
+    return driver.find_element("id", dialog_id).get_attribute("open") is not None
+
+
+def open_page(driver: Any, server: ServerProcess, fragment: str, ready_css: str) -> Any:
+    driver.get(f"{server.url}/ui/#/{fragment}")
+    driver.refresh()  # a hash-only change would not reload the module scripts
+    return wait_for(f"{ready_css} on #/{fragment}", lambda: driver.find_elements("css selector", ready_css))
+
+
+def shot(driver: Any, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+def text_of(driver: Any, css: str) -> str:
+    return driver.find_element("css selector", css).text
+
+
+# ------------------------------------------------------------------------------------------------------- tests
+def test_console_is_served_with_a_strict_policy(server: ServerProcess) -> None:
+    index = httpx.get(server.url + "/ui/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in index.headers["content-security-policy"]
+    assert index.headers["x-frame-options"] == "DENY"
+    assert httpx.get(server.url + "/ui").headers.get("location") == "/ui/"
+    script = httpx.get(server.url + "/ui/app.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for name in ("nope.js", "..%2Fapp.py", "%2e%2e%2fsettings.py"):
+        missing = httpx.get(server.url + "/ui/" + name)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found", name
+    assert not any(p.startswith("/ui") for p in httpx.get(server.url + "/openapi.json").json()["paths"])
+
+
+PAGES = [
+    ("tasks", "#tasks-table tbody tr"),
+    ("task/cats", "#versions-table tbody tr"),
+    ("jobs", "#job-counts"),
+    ("datasets?task=cats", "#clip-total"),
+    ("try?task=cats", "#try-drop"),
+    ("deployment", "#replicas-table tbody tr"),
+]
+
+
+@pytest.mark.parametrize(("fragment", "ready_css"), PAGES, ids=[p[0].split("?")[0] for p in PAGES])
+def test_pages_load_without_console_errors(page: Any, server: ServerProcess, fragment: str, ready_css: str) -> None:
+    open_page(page, server, fragment, ready_css)
+    assert page.find_element("id", "error").get_attribute("hidden") is not None, text_of(page, "#error")
+    shot(page, fragment.split("?")[0].replace("/", "-"))
+    assert console_errors(page) == []
+
+
+def test_task_list_is_the_apis(page: Any, server: ServerProcess, published: dict[str, Any]) -> None:
+    rows = open_page(page, server, "tasks", "#tasks-table tbody tr")
+    shown = {row.get_attribute("data-task"): row.find_elements("tag name", "td") for row in rows}
+    assert set(shown) == set(published) == {"cats", "dogs"}
+    for task, info in published.items():
+        cells = [c.text for c in shown[task]]
+        assert cells[1] == f"v{info['version']}"
+        assert cells[2] == info["method"]
+        assert cells[3] == f"{info['trainable_params']:,}"
+        assert cells[5] == f"{info['metrics']['val_top1'] * 100:.1f}%"
+        assert cells[6] == str(info["num_versions"])
+    assert text_of(page, "#page-range") == "1–2 of 2 tasks"
+
+
+def test_task_history_charts_each_versions_top1(page: Any, server: ServerProcess, http: httpx.Client) -> None:
+    open_page(page, server, "task/cats", "#versions-table tbody tr")
+    versions = http.get("/adapters/cats").json()["versions"]
+    dots = page.find_elements("css selector", "#top1-chart circle.dot")
+    plotted = sorted((int(d.get_attribute("data-x")), float(d.get_attribute("data-y"))) for d in dots)
+    assert plotted == [(v["version"], v["metrics"]["val_top1"]) for v in versions]
+
+
+def test_try_it_shows_predicts_top1(page: Any, server: ServerProcess, http: httpx.Client,
+                                    clips: dict[str, bytes]) -> None:  # fmt: skip
+    open_page(page, server, "try?task=cats", "#try-drop")
+    for name in ("ok", "ok2", "ok3"):
+        expected = http.post("/predict", params={"task": "cats", "topk": 5}, content=clips[name],
+                             headers={"Content-Type": "video/mp4"}).json()  # fmt: skip
+        drop_file(page, "try-drop", clips[name], f"{name}.mp4")
+        label = wait_for("the top-1", lambda: page.find_elements("css selector", "#try-top1 .top1-label"))[0]
+        assert label.text == expected["predictions"][0]["label"]
+        assert f"cats v{expected['version']}" in text_of(page, "#try-top1")
+        bars = page.find_elements("css selector", "#try-result svg.bars rect")
+        assert len(bars) == len(expected["predictions"])
+        assert len(page.find_elements("css selector", "#try-timing td")) == 4
+        page.execute_script("document.getElementById('try-result').replaceChildren()")
+    shot(page, "try-result")
+    assert console_errors(page) == []
+
+
+def test_api_errors_show_the_apis_message(page: Any, server: ServerProcess, http: httpx.Client,
+                                          clips: dict[str, bytes]) -> None:  # fmt: skip
+    open_page(page, server, "try?task=cats", "#try-drop")
+    expected = http.post(
+        "/predict", params={"task": "cats"}, content=clips["text"], headers={"Content-Type": "video/mp4"}
+    )
+    assert expected.status_code == 400
+    drop_file(page, "try-drop", clips["text"], "notes.mp4")
+    shown = wait_for("the error", lambda: page.find_elements("css selector", "#try-result .failed"))[0]
+    assert shown.text == expected.json()["error"]["message"]
+    # an unknown task: the page itself reports the API's 404 message
+    missing = http.get("/adapters/no-such-task").json()["error"]
+    open_page(page, server, "task/no-such-task", "#error:not([hidden])")
+    assert text_of(page, "#error") == f"{missing['message']} ({missing['code']})"
+
+
+def test_rollback_from_the_ui_moves_the_pointer(page: Any, server: ServerProcess, http: httpx.Client) -> None:
+    assert http.get("/adapters/cats").json()["version"] == 3
+    page.execute_script("sessionStorage.clear()")
+    console_errors(page)
+    prompts = 0
+
+    def answer_prompt() -> None:
+        # the first request the server refuses with 401 asks for the token: reads too where the server wants a
+        # key for them, else the rollback itself
+        nonlocal prompts
+        prompts += 1
+        assert http.get("/adapters/cats").json()["version"] == 3  # nothing changed before the token
+        page.find_element("id", "token-input").send_keys(TOKEN)
+        page.find_element("id", "token-ok").click()
+
+    page.get(f"{server.url}/ui/#/task/cats")
+    page.refresh()
+    wait_for("the task page or the token dialog", lambda: dialog_open(page, "token-dialog")
+             or page.find_elements("css selector", "#versions-table tbody tr"))  # fmt: skip
+    if dialog_open(page, "token-dialog"):
+        answer_prompt()
+    wait_for("the versions", lambda: page.find_elements("css selector", "button.rollback[data-version='1']"))
+    page.find_element("css selector", "button.rollback[data-version='1']").click()
+    wait_for("the confirm dialog", lambda: dialog_open(page, "confirm-dialog"))
+    page.find_element("id", "confirm-ok").click()
+    wait_for("v1 serving or the token dialog", lambda: dialog_open(page, "token-dialog")
+             or text_of(page, "#current-version") == "v1")  # fmt: skip
+    if dialog_open(page, "token-dialog"):
+        answer_prompt()
+    wait_for("v1 serving", lambda: text_of(page, "#current-version") == "v1")
+    assert prompts == 1
+    assert http.get("/adapters/cats").json()["version"] == 1
+    # kept in this tab's session only: not in localStorage, not in a cookie
+    assert page.execute_script("return sessionStorage.getItem('vpetl.token')") == TOKEN
+    assert page.execute_script("return localStorage.length") == 0 and page.get_cookies() == []
+    # the next write goes without asking again
+    page.find_element("css selector", "button.rollback[data-version='3']").click()
+    page.find_element("id", "confirm-ok").click()
+    wait_for("v3 serving", lambda: text_of(page, "#current-version") == "v3")
+    assert not dialog_open(page, "token-dialog")
+    assert http.get("/adapters/cats").json()["version"] == 3
+    # the only console errors are the refusals before the token was typed (Chromium logs each 401 response)
+    errors = console_errors(page)
+    assert errors and all("401 (Unauthorized)" in e["message"] for e in errors), errors
+
+
+def test_wrong_token_is_refused_and_store_unchanged(page: Any, server: ServerProcess, http: httpx.Client) -> None:
+    page.execute_script("sessionStorage.setItem('vpetl.token', 'not-the-token')")
+    open_page(page, server, "task/dogs", "#versions-table tbody tr")
+    page.find_element("id", "delete-task").click()
+    page.find_element("id", "confirm-ok").click()
+    forbidden = httpx.delete(server.url + "/adapters/dogs", headers={"Authorization": "Bearer not-the-token"})
+    assert forbidden.status_code == 403
+    wait_for("the 403", lambda: text_of(page, "#error") == f"{forbidden.json()['error']['message']} (forbidden)")
+    assert http.get("/adapters/dogs").status_code == 200
