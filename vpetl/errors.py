@@ -88,6 +88,14 @@ class CheckpointError(VpetlError):
     http_status = 422
 
 
+class UnsupportedConversion(VpetlError):
+    """A conversion to or from another format (HF transformers, PEFT) that cannot represent this thing, e.g. a
+    BAPAT adapter as PEFT LoRA: it stays in vpetl's own format."""
+
+    code = "unsupported_conversion"
+    http_status = 422
+
+
 class InvalidInput(VpetlError):
     """A tensor the backbone cannot take (wrong channels, too few frames for the tubelet...)."""
 
