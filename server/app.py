@@ -14,21 +14,24 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, FastAPI
 
+from server.auth import Authenticator, AuthMiddleware
 from server.errors import install_error_handlers
 from server.middleware import LoopbackGuardMiddleware, RequestContextMiddleware
 from server.services import Services
 
 DESCRIPTION = (
     "One frozen video transformer serving many parameter-efficient task adapters. Errors are "
-    '`{"error": {"code", "message"}}` with a stable code; write routes need `Authorization: Bearer <token>`.'
+    '`{"error": {"code", "message"}}` with a stable code. Once an admin token or any API key is configured, '
+    "every route but the health probes needs `Authorization: Bearer <key>` (scopes, task patterns: README, Security)."
 )
 
 
 def _routers() -> list[APIRouter]:
-    from server.routes import adapters, backbone, datasets, health, jobs, onnx, predict
+    from server.routes import adapters, apikeys, backbone, datasets, health, jobs, onnx, predict, ui
 
     routers = [predict.router, adapters.router, datasets.router, jobs.router, backbone.router, onnx.router]
-    return [*routers, health.router]
+    routers.append(apikeys.router)
+    return [*routers, health.router, ui.router]
 
 
 def _version() -> str:
@@ -44,14 +47,19 @@ def build_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.start()
+        await auth.start()
         try:
             yield
         finally:
+            await auth.stop()
             await services.stop()
 
     app = FastAPI(title="vpetl", version=_version(), description=DESCRIPTION, lifespan=lifespan, docs_url="/docs")
     app.state.services = services
+    # keys and the admin token, on every engine: a Ray ingress replica builds this same app (server/ray_app.py)
+    auth = app.state.auth = Authenticator(services.settings, services.store.redis)
     install_error_handlers(app)
+    app.add_middleware(AuthMiddleware, auth=auth)  # innermost: after the loopback guard, before routing
     if not services.settings.admin_token:
         # no token: the server binds loopback only (Settings.check_bind); keep browsers' pages out as well
         app.add_middleware(LoopbackGuardMiddleware, bound_host=services.settings.host)

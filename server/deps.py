@@ -1,18 +1,19 @@
-"""FastAPI dependencies (``Annotated`` aliases): the app's services, the admin check, validated names.
+"""FastAPI dependencies (``Annotated`` aliases): the app's services, the caller's scopes and task patterns
+(``server/auth.py``), validated names (a task outside the caller's patterns is a 404, as if it did not exist).
 
 Validation failures raise :mod:`vpetl.errors` types; ``server/errors.py`` turns them into responses.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 
+from server.auth import Principal
 from server.services import Services
 from server.settings import Settings
-from vpetl.errors import Forbidden, InvalidRequest, Unauthorized
+from vpetl.errors import InvalidRequest, Unauthorized, UnknownTask
 from vpetl.protocol import is_valid_task_name
 from vpetl.store import is_valid_label
 
@@ -36,25 +37,40 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_admin(request: Request, settings: SettingsDep) -> None:
-    """Write routes: ``Authorization: Bearer <admin token>`` when a token is configured.
-
-    Without a configured token the server only binds loopback (``Settings.check_bind``), so writes are open to
-    the local user. Missing credentials → 401 with ``WWW-Authenticate: Bearer``; wrong ones → 403.
-    """
-    expected = settings.admin_token
-    if not expected:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this route needs an admin token: send Authorization: Bearer <VPETL_ADMIN_TOKEN>")
-    # constant-time comparison: response timing must not reveal how much of a guess was right
-    if not hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
-        raise Forbidden("the admin token is not valid")
+def principal(request: Request) -> Principal:
+    """The caller, as ``AuthMiddleware`` found it (no principal: the middleware did not run; refuse)."""
+    found = request.scope.get("state", {}).get("principal")
+    if not isinstance(found, Principal):
+        raise Unauthorized("this route needs credentials: send Authorization: Bearer <key>")
+    return found
 
 
-AdminDep = Depends(require_admin)
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+def require(scope: str | None) -> Any:
+    """A route dependency: the caller holds ``scope`` (403 ``insufficient_scope`` otherwise); ``None``: any
+    authenticated caller (the middleware already refused everyone else). Every route declares one: the table
+    test (tests/server/test_auth_routes.py) fails on a route that does not."""
+
+    def check(request: Request) -> Principal:
+        caller = principal(request)
+        if scope is not None:
+            caller.require(scope)
+        return caller
+
+    check.required_scope = scope  # type: ignore[attr-defined]  # read by the table test
+    return Depends(check)
+
+
+AdminDep = require("admin")
+
+
+def visible(request: Request, task: str, message: str) -> str:
+    """``task`` if the caller's task patterns cover it; else 404, worded as for a task that does not exist."""
+    if not principal(request).sees(task):
+        raise UnknownTask(message)
+    return task
 
 
 def _check_task(task: str) -> str:
@@ -64,12 +80,18 @@ def _check_task(task: str) -> str:
     return task
 
 
-def task_path(task: Annotated[str, Path(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]) -> str:
-    return _check_task(task)
+def task_path(
+    request: Request, task: Annotated[str, Path(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]
+) -> str:
+    # the store's own wording for a missing task, so a hidden task and an absent one read the same
+    return visible(request, _check_task(task), f"unknown task {task!r}")
 
 
-def task_query(task: Annotated[str, Query(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]) -> str:
-    return _check_task(task)
+def task_query(
+    request: Request, task: Annotated[str, Query(description=TASK_HELP, json_schema_extra=TASK_SCHEMA)]
+) -> str:
+    # /predict's wording for a task without an adapter (server/pointers.py)
+    return visible(request, _check_task(task), f"no adapter is published for task {task!r}")
 
 
 LABEL_SCHEMA = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$", "minLength": 1, "maxLength": 64}

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
-from server.deps import TASK_SCHEMA, AdminDep, ServicesDep, TaskPath, _check_task
+from server.auth import Principal
+from server.deps import TASK_SCHEMA, AdminDep, PrincipalDep, ServicesDep, TaskPath, _check_task, require
 from server.routes.common import binary_body, error_responses
 from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from server.services import Services
@@ -92,11 +93,13 @@ NAME_PART = {"pattern": r"^[a-z0-9_.-]{1,64}$", "minLength": 1, "maxLength": 64}
 
 
 @router.get(
-    "", response_model=AdapterPage, summary="Tasks and their current adapter versions (paged with ?limit=)",
-    responses=error_responses(422),
+    "", response_model=AdapterPage, dependencies=[require("read")],
+    summary="Tasks and their current adapter versions (paged with ?limit=; scope `read`: the key's tasks only)",
+    responses=error_responses(401, 403, 422),
 )  # fmt: skip
 async def list_adapters(
     services: ServicesDep,
+    caller: PrincipalDep,
     limit: Annotated[
         int | None,
         Query(ge=1, le=MAX_PAGE, description="page size; without it (and without cursor/prefix/method) every "
@@ -112,18 +115,38 @@ async def list_adapters(
 ) -> AdapterPage:
     if cursor is not None:
         _check_task(cursor)
+    if any(value is not None and not _NAME_RE.fullmatch(value) for value in (prefix, method)):
+        raise InvalidRequest("prefix and method: up to 64 of [a-z0-9_.-]")
+    if not caller.sees_all:
+        return await _visible_page(services, caller, limit, cursor, prefix, method)
     if limit is None and cursor is None and prefix is None and method is None:
         tasks = await services.store.list_tasks()  # the unpaged answer older clients expect
         return AdapterPage(adapters=[_adapter_info(t) for t in tasks], total=len(tasks), next_cursor=None)
-    if any(value is not None and not _NAME_RE.fullmatch(value) for value in (prefix, method)):
-        raise InvalidRequest("prefix and method: up to 64 of [a-z0-9_.-]")
     page = await services.store.list_page(cursor, limit or DEFAULT_PAGE, prefix or "", method)
     return AdapterPage(adapters=[_adapter_info(t) for t in page.tasks], total=page.total, next_cursor=page.next_cursor)
 
 
+async def _visible_page(
+    services: Services, caller: Principal, limit: int | None, cursor: str | None, prefix: str | None,
+    method: str | None,
+) -> AdapterPage:
+    """A listing for a key limited to some task patterns: only the tasks it may see exist. Filtered here from the
+    full listing (a scoped key's deployment is a site's or a tenant's handful of tasks), paged like the store's."""
+    tasks = sorted((t for t in await services.store.list_tasks() if caller.sees(t.task)), key=lambda t: t.task)
+    if limit is None and cursor is None and prefix is None and method is None:
+        return AdapterPage(adapters=[_adapter_info(t) for t in tasks], total=len(tasks), next_cursor=None)
+    named = [t for t in tasks if t.task.startswith(prefix or "")]
+    after = [t for t in named if cursor is None or t.task > cursor]
+    after = [t for t in after if method is None or t.current.method == method]
+    page = after[: limit or DEFAULT_PAGE]
+    more = len(after) > len(page)
+    return AdapterPage(adapters=[_adapter_info(t) for t in page], total=len(named),
+                       next_cursor=page[-1].task if more else None)  # fmt: skip
+
+
 @router.get(
-    "/{task}", response_model=AdapterDetail, summary="One task with its version history",
-    responses=error_responses(404, 422),
+    "/{task}", response_model=AdapterDetail, summary="One task with its version history (scope `read`)",
+    dependencies=[require("read")], responses=error_responses(401, 403, 404, 422),
 )  # fmt: skip
 async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
     summary, history = await services.store.detail(task)  # one script call, whatever the number of tasks
@@ -136,11 +159,12 @@ async def get_adapter(task: TaskPath, services: ServicesDep) -> AdapterDetail:
     "/{task}/download",
     response_class=Response,
     response_model=None,
-    summary="The adapter file (ETag = sha256 of the bytes sent; If-None-Match → 304)",
+    summary="The adapter file (ETag = sha256 of the bytes sent; If-None-Match → 304; scope `read`)",
+    dependencies=[require("read")],
     responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "the client's copy (If-None-Match) is current"},
-        **error_responses(400, 404, 422),
+        **error_responses(400, 401, 403, 404, 422),
     },
 )
 async def download_adapter(
@@ -204,9 +228,9 @@ async def _validate(services: Services, task: str, data: bytes) -> dict[str, obj
     "/{task}",
     status_code=201,
     response_model=AdapterRef,
-    summary="Upload an adapter file as the task's next version (admin)",
-    dependencies=[AdminDep],
-    responses=error_responses(400, 401, 403, 409, 413, 415, 422),
+    summary="Upload an adapter file as the task's next version (scope `publish`)",
+    dependencies=[require("publish")],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422),
     openapi_extra=binary_body("the adapter .safetensors file", "application/octet-stream", field="adapter"),
 )
 async def put_adapter(task: TaskPath, request: Request, response: Response, services: ServicesDep) -> AdapterRef:
@@ -227,8 +251,8 @@ async def put_adapter(task: TaskPath, request: Request, response: Response, serv
 @router.post(
     "/{task}/rollback",
     response_model=AdapterRef,
-    summary="Make an existing version current (admin)",
-    dependencies=[AdminDep],
+    summary="Make an existing version current (scope `publish`)",
+    dependencies=[require("publish")],
     responses=error_responses(401, 403, 404, 413, 422),
     openapi_extra={
         "requestBody": {
@@ -251,7 +275,7 @@ async def rollback_adapter(task: TaskPath, request: Request, services: ServicesD
 @router.delete(
     "/{task}",
     response_model=AdapterDeleted,
-    summary="Remove the task and all its versions (admin; its uploaded clips stay)",
+    summary="Remove the task and all its versions (scope `admin`; its uploaded clips stay)",
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404, 422),
 )

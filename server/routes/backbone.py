@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import ServicesDep
+from server.deps import ServicesDep, require
 from vpetl.protocol import BackboneInfo
 
 router = APIRouter(prefix="/backbone", tags=["backbone"])
 
 
-@router.get("", response_model=BackboneInfo, summary="Backbone name, sha256, input spec, feature width, size")
+@router.get("", response_model=BackboneInfo, summary="Backbone name, sha256, input spec, feature width, size",
+            dependencies=[require(None)])  # fmt: skip  # any key: every device needs to know what it must match
 async def backbone_info(services: ServicesDep) -> BackboneInfo:
     return services.identity.info()  # the deployment's registered backbone, the same on every replica

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from server.deps import ServicesDep
+from server.deps import ServicesDep, principal
 from server.errors import NotReady
 from server.metrics import CONTENT_TYPE_LATEST
 from server.routes.common import error_responses
@@ -45,8 +45,19 @@ async def readyz(services: ServicesDep) -> ReadyResponse:
     return ReadyResponse(checks=checks, replicas=replicas)
 
 
+def metrics_access(request: Request, services: ServicesDep) -> None:
+    """``/metrics`` needs the admin scope (its labels name tasks) unless ``metrics_public`` lets a scraper in
+    without a key (``server/auth.py``'s allow-list)."""
+    if not services.settings.metrics_public:
+        principal(request).require("admin")
+
+
+metrics_access.required_scope = "admin"  # type: ignore[attr-defined]  # read by the table test
+
+
 @router.get(
     "/metrics",
+    dependencies=[Depends(metrics_access)],
     response_class=Response,
     response_model=None,
     summary="Prometheus metrics",

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from server.deps import ServicesDep
+from server.deps import ServicesDep, require
 from server.routes.common import error_responses
 from server.services import Services
 
@@ -102,6 +102,7 @@ def _matches(if_none_match: str | None, sha256: str) -> bool:
     response_class=Response,
     response_model=None,
     summary="The backbone as ONNX with adapter weights as graph inputs (ETag = sha256; 304 when unchanged)",
+    dependencies=[require(None)],  # any key: the graph holds the shared backbone, no tenant's adapter
     responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "If-None-Match holds the current ETag"},

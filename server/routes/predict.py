@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from server.batcher import Admission
-from server.deps import ServicesDep, TaskQuery
+from server.deps import ServicesDep, TaskQuery, require
 from server.metrics import UNRESOLVED_TASK
 from server.routes.common import CLIP_FORM, binary_body, error_responses
 from server.services import Services
@@ -26,8 +26,9 @@ router = APIRouter(tags=["predict"])
 @router.post(
     "/predict",
     response_model=PredictionResponse,
-    summary="Classify one clip with a task's adapter",
-    responses=error_responses(400, 404, 409, 413, 415, 422, 503, 504),
+    summary="Classify one clip with a task's adapter (scope `predict`)",
+    dependencies=[require("predict")],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 504),
     openapi_extra=binary_body("the clip (mp4, webm, …)", "video/*", "application/octet-stream", field="clip"),
 )
 async def predict(

@@ -55,6 +55,7 @@ def app(services: Services) -> FastAPI:
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = "Bearer tok"  # an admin token is configured: every route needs it
         yield client
 
 
@@ -115,7 +116,8 @@ def test_validation_errors_and_unknown_routes_use_the_error_contract(client: Tes
 
 def test_auth_in_process(client: TestClient) -> None:
     data = make_adapter("inproc", seed=11)
-    r = client.put("/adapters/inproc", content=data, headers={"Content-Type": "application/octet-stream"})
+    r = client.put("/adapters/inproc", content=data, headers={"Content-Type": "application/octet-stream",
+                                                               "Authorization": ""})  # fmt: skip
     assert (r.status_code, error_code(r)) == (401, "unauthorized")
     assert r.headers["www-authenticate"].startswith("Bearer")
     r = client.put("/adapters/inproc", content=data, headers={"Content-Type": "application/octet-stream",
