@@ -72,12 +72,39 @@ def closed_loop(bases: list[str], clip: bytes, tasks: list[str], clients: int, s
         t.join(180)
     window = [(s, r, st) for s, r, st in done if start + LEAD_S <= r <= start + LEAD_S + seconds]
     latencies = sorted((r - s) * 1000 for s, r, st in window if st == 200)
+    codes: dict[str, int] = {}
+    for *_, st in window:
+        if st != 200:
+            codes[str(st)] = codes.get(str(st), 0) + 1
     return {
         "rps": len(latencies) / seconds,
-        "errors": sum(1 for *_, st in window if st != 200),
+        "errors": sum(codes.values()),
+        "error_codes": codes,  # status -> count (0: no HTTP answer)
         "p50_ms": statistics.median(latencies) if latencies else None,
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
     }
+
+
+def wait_serving(bases: list[str], clip: bytes, tasks: list[str], timeout_s: float = 180.0) -> None:
+    """Until every task answers 200 through every base URL: a redeploy is only measured once its replicas serve
+    (Serve reports replicas RUNNING before their first request can succeed under load)."""
+    deadline = time.monotonic() + timeout_s
+    pending = [(base, task) for base in bases for task in tasks]
+    last = ""
+    while pending and time.monotonic() < deadline:
+        base, task = pending[0]
+        try:
+            r = httpx.post(f"{base}/predict", params={"task": task}, timeout=60,
+                           files={"clip": ("c.mp4", clip, "video/mp4")})  # fmt: skip
+            if r.status_code == 200:
+                pending.pop(0)
+                continue
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    if pending:
+        raise RuntimeError(f"not serving after {timeout_s:g} s: {pending[0]} (last answer: {last})")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         if arm.startswith("ray"):
                             cluster.deploy(app_args, replicas=int(arm[-1]))
                         bases = {"local": [local.url], "local2": [local.url, second.url]}.get(arm, [cluster.url])
+                        wait_serving(bases, clip, tasks)
                         closed_loop(bases, clip, tasks, args.clients, 1.0)  # warm: adapters loaded, batches formed
                         stats = closed_loop(bases, clip, tasks, args.clients, args.duration)
                         results[arm].append(stats)
