@@ -58,7 +58,8 @@ def server(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="module")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30.0) as client:
+    # the admin token is configured, so every route (reads too) needs it; tests of refusals override the header
+    with httpx.Client(base_url=server.url, timeout=30.0, headers=AUTH) as client:
         yield client
 
 
@@ -370,8 +371,8 @@ def test_too_large_uploads_are_413(
     before = store_snapshot(http)
     # declared size over the limit: refused before any of the body is read
     for method, path, headers in (
-        ("POST", f"/predict?task={baseline}", MP4),
-        ("POST", f"/predict?task={baseline}", {"Content-Type": "multipart/form-data; boundary=xyz"}),
+        ("POST", f"/predict?task={baseline}", {**AUTH, **MP4}),
+        ("POST", f"/predict?task={baseline}", {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}),
         ("POST", "/datasets/big/clips?label=a", {**AUTH, **MP4}),
         ("PUT", "/adapters/big", {**AUTH, **OCTET}),
     ):
@@ -533,9 +534,10 @@ def test_write_routes_need_the_admin_token(
 ) -> None:
     before = store_snapshot(http)
     content, base = (clips["ok"], MP4) if "clips" in path else (b'{"version": 1}', {})
+    anonymous = httpx.Client(base_url=str(http.base_url), timeout=30.0)  # no default Authorization header
     for missing in (None, "Basic dXNlcjpwYXNz", "Bearer", TOKEN):
         headers = {**base, **({"Authorization": missing} if missing is not None else {})}
-        r = http.request(method, path, content=content, headers=headers)
+        r = anonymous.request(method, path, content=content, headers=headers)
         assert (r.status_code, error_code(r)) == (401, "unauthorized"), missing
         assert r.headers["www-authenticate"].startswith("Bearer")
     for wrong in ("Bearer wrong", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "bearer nope"):
@@ -543,7 +545,8 @@ def test_write_routes_need_the_admin_token(
         assert (r.status_code, error_code(r)) == (403, "forbidden"), wrong
     assert store_snapshot(http) == before
     assert http.get("/datasets/authz").json()["total"] == 0
-    assert http.get("/adapters").status_code == 200  # reads need no token
+    assert anonymous.get("/adapters").status_code == 401  # reads need the token too (issue 21)
+    anonymous.close()
 
 
 def _counters(http: httpx.Client) -> dict[str, float]:
