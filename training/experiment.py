@@ -61,7 +61,10 @@ class Preset:
 
     name: str
     tasks: tuple[str, ...] = ("temporal", "appearance")
-    clips_per_class: int = 80  # 20% of them validate (16 per class: 160–200 validation clips per task)
+    clips_per_class: int = 80  # 20% of them validate (16 per class: 160–200 validation clips per task) …
+    # … unless val_clips is set: then clips_per_class clips per class train and ⌈val_clips / classes⌉ per class
+    # validate (at least val_clips per task, whatever its class count)
+    val_clips: int | None = None
     data_size: int = 80  # rendered frame side (the demo spec crops 64)
     frames: tuple[int, int] = (16, 24)  # short clips: the 8×2-frame window sees most of each motion
     epochs: int = 12
@@ -73,6 +76,9 @@ class Preset:
     positions: tuple[tuple[str, ...], ...] = (("q", "k"), ("q", "v"), ("q", "k", "v"))  # PATT ablation ((k, v) is
     scales: tuple[float, ...] = (0.2, 0.5, 1.0)  # the default row), scale ablation (0.8 is the default row)
     methods: tuple[str, ...] = ("linear", "bitfit", "lora", "adaptmlp", "prefix", "full")
+    ablation_seeds: bool = False  # ablations on every seed (paired comparisons) instead of seed 0 only
+    # paired claims (label, row a, row b, tasks): "a beats b", judged by the 95% interval of a − b over seeds
+    claims: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -83,20 +89,73 @@ class Preset:
 
 
 _TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+_TIME_TASKS = ("temporal", "order")
+_ALL_TASKS = ("temporal", "order", "appearance")
+# the seed paper's (V-PETL) central claims, each a paired difference at d = 64 (AdaptMLP d64 is AdaptFormer's row)
+STANDARD_CLAIMS = (
+    ("PATT (k,v) beats AdaptFormer on temporal tasks", "patt-d64", "adaptmlp-d64", _TIME_TASKS),
+    ("BAPAT ≥ PATT", "bapat-d64", "patt-d64", _ALL_TASKS),
+    ("PATT ≥ AdaptMLP", "patt-d64", "adaptmlp-d64", _ALL_TASKS),
+    ("AdaptMLP ≥ linear probe", "adaptmlp-d64", "linear", _ALL_TASKS),
+    ("PATT (k,v) ≫ concatenated prefix", "patt-d64", "prefix-d128", _ALL_TASKS),
+    ("s = 0.8 beats s = 0.5", "patt-d64", "patt-d64-s0.5", _ALL_TASKS),
+    ("s = 0.8 beats s = 1.0", "patt-d64", "patt-d64-s1.0", _ALL_TASKS),
+)
 PRESETS: dict[str, Preset] = {
     "mini": Preset("mini"),
+    # enough validation clips and seeds to tell methods apart: only the rows the claims need, every one on 3
+    # seeds (same data, paired by seed), three tasks (two that need time, the appearance control)
+    "standard": Preset(
+        "standard",
+        tasks=_ALL_TASKS,
+        clips_per_class=96,
+        val_clips=400,
+        epochs=12,
+        bottlenecks=(64,),
+        headline_seeds=3,
+        positions=(),
+        scales=(0.5, 1.0),
+        methods=("linear", "adaptmlp", "prefix"),
+        ablation_seeds=True,
+        claims=STANDARD_CLAIMS,
+    ),
     # plumbing only (tests): a 2-block, 32-wide demo ViT pretrained for one epoch, 3 clips per class, one epoch
     "smoke": Preset(
-        "smoke", clips_per_class=3, data_size=80, frames=(16, 20), epochs=1, batch_size=4, train_views=1,
-        bottlenecks=(8,), headline_seeds=2, positions=(("q", "v"),), scales=(0.5,),
-        methods=("linear", "bitfit", "full"), backbone_overrides=_TINY,
-        pretrain=PretrainConfig(clips_per_class=2, frames=(16, 20), epochs=1, batch_size=8, num_workers=1,
-                                backbone_overrides=_TINY),
+        "smoke",
+        clips_per_class=3,
+        data_size=80,
+        frames=(16, 20),
+        epochs=1,
+        batch_size=4,
+        train_views=1,
+        bottlenecks=(8,),
+        headline_seeds=2,
+        positions=(("q", "v"),),
+        scales=(0.5,),
+        methods=("linear", "bitfit", "full"),
+        backbone_overrides=_TINY,
+        val_clips=20,
+        ablation_seeds=True,
+        claims=(
+            ("BAPAT ≥ PATT", "bapat-d8", "patt-d8", ("temporal", "appearance")),
+            ("s = 0.8 beats s = 0.5", "patt-d8", "patt-d8-s0.5", ("appearance",)),
+        ),
+        pretrain=PretrainConfig(
+            clips_per_class=2, frames=(16, 20), epochs=1, batch_size=8, num_workers=1, backbone_overrides=_TINY
+        ),
     ),
 }
 
-LABELS = {"linear": "Linear probe (tune FC)", "bitfit": "BitFit", "lora": "LoRA", "adaptmlp": "AdaptMLP (AdaptFormer)",
-          "prefix": "Prefix-tuning", "full": "Full tuning", "patt": "PATT (BAPAT w/o Adapter)", "bapat": "BAPAT"}
+LABELS = {
+    "linear": "Linear probe (tune FC)",
+    "bitfit": "BitFit",
+    "lora": "LoRA",
+    "adaptmlp": "AdaptMLP (AdaptFormer)",
+    "prefix": "Prefix-tuning",
+    "full": "Full tuning",
+    "patt": "PATT (BAPAT w/o Adapter)",
+    "bapat": "BAPAT",
+}
 FIXED_SIZE = {"lora": 16, "adaptmlp": 64, "prefix": 128}  # the sizes of the paper's baseline rows
 
 
@@ -114,8 +173,16 @@ def plan_rows(preset: Preset) -> list[Row]:
             rows.append(Row(f"{method}-d{d}", LABELS[method], method, {"bottleneck": d}, d))
     d = max(preset.bottlenecks)
     for pos in preset.positions:
-        rows.append(Row(f"patt-d{d}-{''.join(pos)}", f"PATT on {','.join(pos)}", "patt",
-                        {"bottleneck": d, "positions": pos}, d, "positions"))
+        rows.append(
+            Row(
+                f"patt-d{d}-{''.join(pos)}",
+                f"PATT on {','.join(pos)}",
+                "patt",
+                {"bottleneck": d, "positions": pos},
+                d,
+                "positions",
+            )
+        )
     for s in preset.scales:
         rows.append(Row(f"patt-d{d}-s{s}", f"PATT s={s}", "patt", {"bottleneck": d, "scale": s}, d, "scale"))
     return rows
@@ -124,8 +191,13 @@ def plan_rows(preset: Preset) -> list[Row]:
 def plan_runs(preset: Preset, seeds: int | None = None) -> list[tuple[str, Row, int]]:
     """(task, row, seed) for every run: headline rows get ``seeds`` seeds, ablations one."""
     n = seeds or preset.headline_seeds
-    return [(task, row, seed) for seed in range(n) for row in plan_rows(preset) for task in preset.tasks
-            if seed == 0 or row.group == "headline"]
+    return [
+        (task, row, seed)
+        for seed in range(n)
+        for row in plan_rows(preset)
+        for task in preset.tasks
+        if seed == 0 or row.group == "headline" or preset.ablation_seeds
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -142,11 +214,32 @@ def _digest(obj: Any) -> str:
 
 def prepare_task(task: str, preset: Preset, spec: Any, cache_dir: Path) -> TaskData:
     """Synthesize the task's clips (cached by parameters) and decode both splits once (cached by content)."""
-    from vpetl.data.synth import synthesize
+    from vpetl.data.synth import PRESETS as SYNTH
+    from vpetl.data.synth import SYNTH_VERSION, synthesize
 
-    params = {"task": task, "cpc": preset.clips_per_class, "size": preset.data_size, "frames": preset.frames}
-    root = synthesize(task, cache_dir / "data" / f"{task}-{_digest(params)}", preset.clips_per_class, 0,
-                      preset.data_size, frames=preset.frames, workers=2)
+    total, val_fraction = preset.clips_per_class, 0.2
+    if preset.val_clips:
+        n_val = -(-preset.val_clips // len(SYNTH[task].classes))  # ceil: at least val_clips per task
+        total = preset.clips_per_class + n_val
+        val_fraction = (n_val - 0.25) / total  # synthesize rounds total·fraction: this lands on n_val exactly
+    params = {
+        "task": task,
+        "cpc": total,
+        "val": val_fraction,
+        "size": preset.data_size,
+        "frames": preset.frames,
+        "synth": SYNTH_VERSION,
+    }
+    root = synthesize(
+        task,
+        cache_dir / "data" / f"{task}-{_digest(params)}",
+        total,
+        0,
+        preset.data_size,
+        val_fraction=val_fraction,
+        frames=preset.frames,
+        workers=2,
+    )
     train, val = open_dataset(root, "train"), open_dataset(root, "val")
     check_datasets(train, val)
     clips = cache_dir / "clips"
@@ -170,16 +263,24 @@ def frozen_features(backbone: Backbone, clips: ClipTensors, batch_size: int = 32
 def run_one(backbone: Backbone, task: str, row: Row, seed: int, data: TaskData, preset: Preset) -> dict[str, Any]:
     """Train one row on one task with one seed; return its CSV record."""
     started = time.perf_counter()
-    config = TrainConfig(epochs=preset.epochs, batch_size=preset.batch_size, seed=seed, eval_every=0,
-                         eval_views=preset.eval_views)
+    config = TrainConfig(
+        epochs=preset.epochs, batch_size=preset.batch_size, seed=seed, eval_every=0, eval_views=preset.eval_views
+    )
     method_config = make_config(row.method, **row.options)
     if row.method == "linear":
         # same head init (create_model's seed), optimiser and schedule; the backbone runs once per clip view
         model = create_model(backbone, method_config, data.train.num_classes, seed=seed, share_backbone=True)
         if data.features is None:
             data.features = (frozen_features(backbone, data.train), frozen_features(backbone, data.val))
-        metrics, _ = fit(model.head, {"head.weight": model.head.weight, "head.bias": model.head.bias},
-                         data.features[0], data.features[1], config, spec=backbone.input_spec, progress=False)
+        metrics, _ = fit(
+            model.head,
+            {"head.weight": model.head.weight, "head.bias": model.head.bias},
+            data.features[0],
+            data.features[1],
+            config,
+            spec=backbone.input_spec,
+            progress=False,
+        )
         trainable = model.parameter_counts()["trainable"]
         model.remove_adapters()
     else:
@@ -187,13 +288,24 @@ def run_one(backbone: Backbone, task: str, row: Row, seed: int, data: TaskData, 
         metrics, trainable = result.metrics, result.model.parameter_counts()["trainable"]
     options = method_config.to_dict()
     return {
-        "task": task, "row": row.key, "label": row.label, "method": row.method, "group": row.group,
-        "d": row.d if row.d is not None else "", "positions": ",".join(options.get("positions", [])),
-        "scale": options.get("scale", ""), "seed": seed, "trainable_params": int(trainable),
-        "top1": round(metrics["top1"], 5), "top5": round(metrics["top5"], 5),
-        "val_loss": round(metrics["val_loss"], 5), "train_loss": round(metrics["train_loss"], 5),
+        "task": task,
+        "row": row.key,
+        "label": row.label,
+        "method": row.method,
+        "group": row.group,
+        "d": row.d if row.d is not None else "",
+        "positions": ",".join(options.get("positions", [])),
+        "scale": options.get("scale", ""),
+        "seed": seed,
+        "trainable_params": int(trainable),
+        "top1": round(metrics["top1"], 5),
+        "top5": round(metrics["top5"], 5),
+        "val_loss": round(metrics["val_loss"], 5),
+        "train_loss": round(metrics["train_loss"], 5),
         "epochs": preset.epochs,
-        "train_time_s": round(metrics["train_time_s"], 2), "run_time_s": round(time.perf_counter() - started, 2),
+        "val_clips": len(data.val),
+        "train_time_s": round(metrics["train_time_s"], 2),
+        "run_time_s": round(time.perf_counter() - started, 2),
     }
 
 
@@ -240,15 +352,31 @@ def run_experiment(
     csv_path, stamp = out / "results.csv", out / "experiment.json"
     done = _load_done(csv_path, stamp, fingerprint)
     finished = {(r["task"], r["row"], int(r["seed"])) for r in done}
-    stamp.write_text(json.dumps({"fingerprint": fingerprint, "preset": preset.to_dict(), "seeds": seeds,
-                                 "backbone_sha256": backbone.sha256(), "pretrain": pretrain_info}, indent=2) + "\n")
+    stamp.write_text(
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "preset": preset.to_dict(),
+                "seeds": seeds,
+                "backbone_sha256": backbone.sha256(),
+                "pretrain": pretrain_info,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if not done:
         with csv_path.open("w", newline="") as fh:
             csv.DictWriter(fh, fieldnames=CSV_FIELDS).writeheader()
     records: list[dict[str, Any]] = list(done)
     todo = [r for r in runs if (r[0], r[1].key, r[2]) not in finished]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         job = bar.add_task(f"experiment {preset.name}", total=len(runs), completed=len(runs) - len(todo))
         for task, row, seed in todo:
             bar.update(job, description=f"{task} · {row.key} · seed {seed}")
@@ -263,11 +391,13 @@ def run_experiment(
     for r in records:
         per_method.setdefault(str(r["method"]), []).append(float(r["run_time_s"]))
     summary = {
-        "preset": preset.name, "runs": len(records), "total_time_s": round(total, 1),
+        "preset": preset.name,
+        "runs": len(records),
+        "total_time_s": round(total, 1),
         "prep_time_s": round(prep_time, 1),
         "mean_run_time_s": {m: round(sum(v) / len(v), 2) for m, v in sorted(per_method.items())},
-        "backbone_sha256": backbone.sha256(), "pretrain": {k: pretrain_info.get(k) for k in
-                                                          ("val_top1", "val_top5", "total_time_s")},
+        "backbone_sha256": backbone.sha256(),
+        "pretrain": {k: pretrain_info.get(k) for k in ("val_top1", "val_top5", "total_time_s")},
     }
     summary["markdown"] = str(write_markdown(records, out / "results.md", preset=preset.to_dict(), summary=summary))
     summary["plot"] = str(write_plot(records, out / "results.png"))

@@ -3,7 +3,8 @@
 The real backbones (VideoMAE, Video Swin) are pretrained on Kinetics; the demo needs one that runs on 2 CPU cores,
 so vpetl pretrains its own, end to end in about 4 minutes including data generation (see README, "Demo backbone"):
 
-1. render the ``source`` preset (7 kinds of motion of any object; ``vpetl.data.synth``) straight into tensors
+1. render the ``source`` preset (11 kinds of motion, direction and event order included, of source-only objects;
+   ``vpetl.data.synth``) straight into tensors
    (:mod:`training.synth_clips`: the same generator and transforms as the mp4 path, without the codec round trip,
    which would take longer than the training), or decode a given dataset directory;
 2. train every parameter of the backbone plus a temporary Linear head (AdamW, warmup + cosine) with the same loop
@@ -36,7 +37,7 @@ from vpetl.backbones.checkpoint import save_backbone
 from vpetl.backbones.registry import create_backbone
 from vpetl.data.readers import VideoDataset, open_dataset
 
-PRETRAIN_VERSION = 2
+PRETRAIN_VERSION = 3  # 3: the 11-class source domain with direction and event order (synth version 3)
 BACKBONE = "vpetl-demo"
 
 
@@ -49,9 +50,9 @@ class PretrainConfig:
     """
 
     seed: int = 0  # backbone init, data generation, order and augmentation
-    # 2,300 clips per class × 7 classes, 5% held out: ~15,300 fresh training clips. Fresh clips beat epochs: 8,000
+    # 1,460 clips per class × 11 classes, 5% held out: ~15,300 fresh training clips. Fresh clips beat epochs: 8,000
     # clips × 4 epochs overfit (train 84%, val 71%) where 16,000 × 2 reach the same in the same time.
-    clips_per_class: int = 2300
+    clips_per_class: int = 1460
     data_size: int = 80  # rendered frame side; the input spec crops 64 from its 73-pixel short-side resize
     val_fraction: float = 0.05
     # Short clips: the synthetic motions span the whole clip, so 8 frames at stride 2 of a 16–20-frame clip see
@@ -119,10 +120,17 @@ def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
         "backbone": BACKBONE,
         "architecture": _architecture(config),
         "recipe": config.to_dict(),
-        "data": {"dataset_sha256": _dataset_digest(Path(data))} if data is not None else
-        {"preset": "source", "synth_version": SYNTH_VERSION, "size": config.data_size,
-         "clips_per_class": config.clips_per_class, "val_fraction": config.val_fraction,
-         "frames": list(config.frames), "seed": config.seed},
+        "data": {"dataset_sha256": _dataset_digest(Path(data))}
+        if data is not None
+        else {
+            "preset": "source",
+            "synth_version": SYNTH_VERSION,
+            "size": config.data_size,
+            "clips_per_class": config.clips_per_class,
+            "val_fraction": config.val_fraction,
+            "frames": list(config.frames),
+            "seed": config.seed,
+        },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -156,26 +164,56 @@ def _render(config: PretrainConfig, spec: Any, progress: bool) -> tuple:
     from vpetl.data.synth import PRESETS
 
     total = config.clips_per_class * len(PRESETS["source"].classes)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("render source clips", total=total)
-        return render_clip_tensors("source", config.clips_per_class, spec, seed=config.seed, size=config.data_size,
-                                   frames=config.frames, val_fraction=config.val_fraction,
-                                   workers=config.num_workers,
-                                   progress=lambda done, _: bar.update(task, completed=done))
+        return render_clip_tensors(
+            "source",
+            config.clips_per_class,
+            spec,
+            seed=config.seed,
+            size=config.data_size,
+            frames=config.frames,
+            val_fraction=config.val_fraction,
+            workers=config.num_workers,
+            progress=lambda done, _: bar.update(task, completed=done),
+        )
 
 
 def _decode(train: VideoDataset, val: VideoDataset, spec: Any, config: PretrainConfig, progress: bool) -> tuple:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("decode clips", total=len(train) + len(val))
-        train_t = load_clip_tensors(train, spec, train=True, views=config.train_views, seed=config.seed,
-                                    num_workers=config.num_workers,
-                                    progress=lambda done, _: bar.update(task, completed=done))
-        val_t = load_clip_tensors(val, spec, train=False, num_workers=config.num_workers,
-                                  progress=lambda done, _: bar.update(task, completed=len(train) + done))
+        train_t = load_clip_tensors(
+            train,
+            spec,
+            train=True,
+            views=config.train_views,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            progress=lambda done, _: bar.update(task, completed=done),
+        )
+        val_t = load_clip_tensors(
+            val,
+            spec,
+            train=False,
+            num_workers=config.num_workers,
+            progress=lambda done, _: bar.update(task, completed=len(train) + done),
+        )
     return train_t, val_t
 
 
@@ -224,20 +262,43 @@ def pretrain_demo(
         model = _Classifier(backbone, train_t.num_classes)
     named = dict(model.named_parameters())
     train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, optimizer="adamw", lr=config.lr,
-        weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing,
-        seed=config.seed, device=config.device, eval_every=0,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer="adamw",
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
+        device=config.device,
+        eval_every=0,
     )
-    metrics, _ = fit(model, named, train_t, val_t, train_config, spec=spec, log_path=log_path, progress=progress,
-                     title="pretrain vpetl-demo")
+    metrics, _ = fit(
+        model,
+        named,
+        train_t,
+        val_t,
+        train_config,
+        spec=spec,
+        log_path=log_path,
+        progress=progress,
+        title="pretrain vpetl-demo",
+    )
 
     backbone.to("cpu").eval().freeze()
     partial = path.with_suffix(".part")
     save_backbone(backbone, partial)
     result = PretrainResult(
-        path=path, cached=False, backbone_sha256=backbone.sha256(refresh=True), val_top1=metrics["top1"],
-        val_top5=metrics["top5"], data_time_s=data_time, train_time_s=metrics["train_time_s"],
-        total_time_s=time.perf_counter() - started, key=key, config=config.to_dict(),
+        path=path,
+        cached=False,
+        backbone_sha256=backbone.sha256(refresh=True),
+        val_top1=metrics["top1"],
+        val_top5=metrics["top5"],
+        data_time_s=data_time,
+        train_time_s=metrics["train_time_s"],
+        total_time_s=time.perf_counter() - started,
+        key=key,
+        config=config.to_dict(),
     )
     info = {k: v for k, v in result.to_dict().items() if k not in ("path", "cached")}
     sidecar.write_text(json.dumps(info, indent=2) + "\n")

@@ -151,7 +151,7 @@ def pretrain(
     seed: int = typer.Option(0, "--seed"),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="default: the ~3-minute recipe's (2)"),
     clips_per_class: int | None = typer.Option(None, "--clips-per-class", min=2,
-                                               help="synthetic source clips per class (default 2300)"),
+                                               help="synthetic source clips per class (default 1460)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),

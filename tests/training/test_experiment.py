@@ -13,12 +13,42 @@ from vpetl.data.readers import open_dataset
 
 def test_mini_plan_has_the_paper_rows() -> None:
     rows = {r.key: r for r in plan_rows(PRESETS["mini"])}
-    for key in ("linear", "bitfit", "lora-d16", "adaptmlp-d64", "prefix-d128", "full", "patt-d32", "patt-d64",
-                "patt-d128", "bapat-d32", "bapat-d64", "bapat-d128", "patt-d128-qk", "patt-d128-qv", "patt-d128-qkv",
-                "patt-d128-s0.2", "patt-d128-s0.5", "patt-d128-s1.0"):
+    for key in (
+        "linear",
+        "bitfit",
+        "lora-d16",
+        "adaptmlp-d64",
+        "prefix-d128",
+        "full",
+        "patt-d32",
+        "patt-d64",
+        "patt-d128",
+        "bapat-d32",
+        "bapat-d64",
+        "bapat-d128",
+        "patt-d128-qk",
+        "patt-d128-qv",
+        "patt-d128-qkv",
+        "patt-d128-s0.2",
+        "patt-d128-s0.5",
+        "patt-d128-s1.0",
+    ):
         assert key in rows
     runs = plan_runs(PRESETS["mini"])
     assert len(runs) >= 60 and len({(t, r.key, s) for t, r, s in runs}) == len(runs)
+
+
+def test_standard_plan_pairs_every_claim_on_three_seeds() -> None:
+    preset = PRESETS["standard"]
+    rows = {r.key for r in plan_rows(preset)}
+    runs = {(t, r.key, s) for t, r, s in plan_runs(preset)}
+    assert preset.tasks == ("temporal", "order", "appearance") and preset.val_clips >= 400
+    assert len(preset.claims) >= 7
+    for _, a, b, tasks in preset.claims:
+        assert {a, b} <= rows
+        for task in tasks:
+            for seed in range(3):
+                assert (task, a, seed) in runs and (task, b, seed) in runs, (task, a, b, seed)
 
 
 def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,11 +65,18 @@ def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path, monkeypat
         (root,) = (tmp_path / "data" / "cache" / "data").glob(f"{task}-*")
         n_val = len(open_dataset(root, "val"))  # the split files the synthesizer wrote
         assert n_val > 0
+        assert n_val >= PRESETS["smoke"].val_clips  # val_clips per task, whatever the class count
         for r in (r for r in rows if r["task"] == task):
+            assert int(r["val_clips"]) == n_val
             correct = float(r["top1"]) * n_val
-            assert abs(correct - round(correct)) < 1e-6 and 0 <= round(correct) <= n_val, (task, r["top1"], n_val)
+            # the CSV rounds top-1 to 5 decimals: n_val · 5e-6 of slack
+            assert abs(correct - round(correct)) <= n_val * 5e-6 and 0 <= round(correct) <= n_val, (task, r["top1"])
     md = (out / "results.md").read_text()
     assert "| Method | d |" in md and "±" in md and "PATT positions" in md and "PATT scale" in md
+    # the claims table: one line per (claim, task), each with its interval over the 2 seeds and a verdict
+    claims = [line for line in md.splitlines() if line.startswith(("| BAPAT ≥ PATT |", "| s = 0.8 beats"))]
+    assert len(claims) == 3 and all(line.rstrip(" |").endswith(("holds", "reversed", "budget")) for line in claims)
+    assert all("| 2 |" in line for line in claims)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second run of the same experiment resumes: nothing is trained again (the cause, not the wall time)

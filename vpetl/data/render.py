@@ -50,6 +50,22 @@ SHAPES: dict[str, Callable[[Array, Array], Array]] = {
 }
 #: Shapes whose rotation is visible even as a silhouette (used where rotation direction is the label).
 ASYMMETRIC_SHAPES = ("triangle", "pacman", "ell", "star", "cross", "square")
+#: The target tasks' objects (main objects and distractors); the ``source`` domain draws from SOURCE_SHAPES only.
+TARGET_SHAPES = tuple(SHAPES)
+
+SOURCE_SHAPES: dict[str, Callable[[Array, Array], Array]] = {
+    "hexagon": lambda u, v: np.maximum(np.abs(v) * 0.866 + np.abs(u) * 0.5, np.abs(u)) - 0.8,
+    "crescent": lambda u, v: np.maximum(_rho(u, v) - 0.9, 0.7 - _rho(u - 0.45, v)),
+    "arrow": lambda u, v: np.minimum(
+        _box(u + 0.35, v, 0.5, 0.2), np.maximum(np.abs(v) * 0.8 + u - 0.85, -u - 0.05) * 0.78
+    ),
+    "tee": lambda u, v: np.minimum(_box(u, v + 0.6, 0.85, 0.25), _box(u, v + 0.1, 0.22, 0.75)),
+    "half_disc": lambda u, v: np.maximum(_rho(u, v) - 0.9, u),
+    "bar": lambda u, v: _box(u, v, 0.9, 0.3),
+}
+SHAPES.update(SOURCE_SHAPES)
+#: Source shapes whose turn is visible whatever the angle (the ``spinning`` class).
+SOURCE_ASYMMETRIC = ("crescent", "arrow", "tee", "half_disc")
 
 # Textures: a mix factor in 0..1 between the object's two colours, in object coordinates (it turns with the object).
 TEXTURES: dict[str, Callable[[Array, Array, float], Array | None]] = {
@@ -77,8 +93,17 @@ class Track:
 
     def reversed(self) -> Track:
         """The same motion played backwards (receding from approaching, rising from falling …)."""
-        return Track(self.shape, self.texture, self.colors, self.cx[::-1], self.cy[::-1], self.radius[::-1],
-                     self.angle[::-1], self.opacity[::-1], self.freq)
+        return Track(
+            self.shape,
+            self.texture,
+            self.colors,
+            self.cx[::-1],
+            self.cy[::-1],
+            self.radius[::-1],
+            self.angle[::-1],
+            self.opacity[::-1],
+            self.freq,
+        )
 
 
 def draw(frames: Array, track: Track, cam_x: Array, cam_y: Array) -> None:
@@ -235,7 +260,9 @@ def render(scene: Scene, rng: np.random.Generator) -> Array:
     """Render a scene: camera crop of the background, objects in order, lighting flicker, noise → uint8 frames."""
     s, t, pad = scene.size, scene.frames, scene.pad
     cam_x, cam_y = camera_path(rng, t, pad)
-    frames = np.stack([scene.background[y:y + s, x:x + s] for x, y in zip(cam_x, cam_y, strict=True)])  # (T, S, S, 3)
+    frames = np.stack(
+        [scene.background[y : y + s, x : x + s] for x, y in zip(cam_x, cam_y, strict=True)]
+    )  # (T, S, S, 3)
     for track in scene.tracks:
         draw(frames, track, cam_x.astype(np.float32), cam_y.astype(np.float32))
     gain = 255.0 * (1.0 + np.cumsum(rng.normal(0.0, scene.flicker / 4, t)).clip(-scene.flicker, scene.flicker))

@@ -1,14 +1,18 @@
 """Synthetic action datasets written as real mp4 files (torch-free).
 
-Three presets (see :data:`PRESETS` and the README's "Synthetic datasets" section):
+Four presets (see :data:`PRESETS` and the README's "Synthetic datasets" section):
 
-- ``source``: the pretraining domain of the demo backbone, 7 classes = 7 kinds of motion (sliding, spinning,
-  pulsing, bouncing, orbiting, blinking, resting) of any shape, texture and colour, in clean scenes (one object,
-  a smooth background, little noise: see :data:`_NUISANCE`);
+- ``source``: the pretraining domain of the demo backbone, 11 classes = 11 kinds of motion (drifting up / down,
+  spinning, pulsing, bouncing, orbiting clockwise / counter-clockwise, blinking, shaking then still / still then
+  shaking, resting) of source-only shapes (:data:`vpetl.data.render.SOURCE_SHAPES`, never drawn in a target clip)
+  with any texture and colour, in clean scenes (one object, a smooth background, little noise: see
+  :data:`_NUISANCE`); the mirror pairs carry the arrow of time and event order;
 - ``temporal`` (Something-Something-like): 10 classes that differ only in *how* the object moves (left→right vs
   right→left, approaching vs receding, clockwise vs counter-clockwise, appearing vs disappearing, falling vs
   rising); every class draws its appearance from the same distribution, and each class's mirror is the same
   motion played backwards, so no single frame tells them apart;
+- ``order``: 6 classes = ordered pairs of two time-symmetric events (pulse, blink, hop): "A then B" vs "B then A"
+  is the same clip played backwards, so only the relation of the two events in time tells them apart;
 - ``appearance`` (HMDB-like): 8 classes that differ in *what* is seen (object kind, texture, background) while the
   motion is random and class-independent.
 
@@ -40,7 +44,9 @@ import numpy as np
 from vpetl.data.render import (
     ASYMMETRIC_SHAPES,
     BACKGROUNDS,
-    SHAPES,
+    SOURCE_ASYMMETRIC,
+    SOURCE_SHAPES,
+    TARGET_SHAPES,
     TEXTURES,
     Scene,
     Track,
@@ -50,7 +56,7 @@ from vpetl.data.render import (
 )
 from vpetl.errors import DatasetError
 
-SYNTH_VERSION = 2  # bump on any change to what a (preset, seed, index) renders: dataset manifests and the demo
+SYNTH_VERSION = 3  # bump on any change to what a (preset, seed, index) renders: dataset manifests and the demo
 # backbone's pretraining cache key (training/pretrain.py) include it, so stale caches are rebuilt
 FPS = 15
 DEFAULT_FRAMES = (24, 48)
@@ -70,13 +76,20 @@ class Preset:
 
 # source classes are motion kinds (any object, any appearance): a 2M-parameter ViT learns them from scratch in
 # minutes, while shape × motion classes under random textures and colours need far more clips than that budget
+# Version 3 adds the arrow of time: mirror pairs that differ only in direction (drifting up / down, orbiting
+# clockwise / counter-clockwise) and in event order (shaking then still / still then shaking). None of them is a
+# target class: the targets move left/right, grow/shrink, turn in place, fade, fall/rise, or order pulse/blink/hop.
 _SOURCE_MOTIONS = {
-    "sliding": "any object translates along a straight line in a random direction",
+    "drifting_up": "any object drifts straight upwards",
+    "drifting_down": "any object drifts straight downwards",
     "spinning": "any object rotates in place, either way",
     "pulsing": "any object grows and shrinks periodically",
     "bouncing": "any object hops up and down",
-    "orbiting": "any object travels around a circle, either way",
+    "orbiting_clockwise": "any object travels clockwise around a circle",
+    "orbiting_counterclockwise": "any object travels counter-clockwise around a circle",
     "blinking": "any object fades out and back in",
+    "shaking_then_still": "any object jitters, then stops",
+    "still_then_shaking": "any object stays still, then starts to jitter",
     "resting": "any object stays where it is (only the camera shakes)",
 }
 _TEMPORAL = {
@@ -91,6 +104,10 @@ _TEMPORAL = {
     "falling": "the object falls, accelerating downwards",
     "rising": "the object is thrown upwards, slowing down",
 }
+# order classes: two events, each symmetric in time (so a clip played backwards is the other order of the same
+# two events, and neither event alone tells the classes apart): what differs is which one comes first
+_EVENTS = {"pulse": "grows and shrinks once", "blink": "fades out and back in", "hop": "hops up once"}
+_ORDER = {f"{a}_then_{b}": f"the object {_EVENTS[a]}, then {_EVENTS[b]}" for a in _EVENTS for b in _EVENTS if a != b}
 # appearance classes: (object shape, preferred texture, background kind, background palette (2 RGB colours))
 _APPEARANCE: dict[str, tuple[str, str, str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
     "ball_on_grass": ("disc", "solid", "field", ((0.15, 0.45, 0.1), (0.35, 0.65, 0.2))),
@@ -105,20 +122,32 @@ _APPEARANCE: dict[str, tuple[str, str, str, tuple[tuple[float, ...], tuple[float
 
 PRESETS: dict[str, Preset] = {
     "source": Preset(
-        "source", "broad pretraining domain: 8 kinds of motion of any object, in clean scenes",
-        tuple(_SOURCE_MOTIONS), tuple(_SOURCE_MOTIONS.values()),
+        "source",
+        "broad pretraining domain: 11 kinds of motion (direction and order included) of source-only "
+        "objects, in clean scenes",
+        tuple(_SOURCE_MOTIONS),
+        tuple(_SOURCE_MOTIONS.values()),
     ),
     "temporal": Preset(
-        "temporal", "Something-Something-like: classes differ only in how the object moves",
-        tuple(_TEMPORAL), tuple(_TEMPORAL.values()),
+        "temporal",
+        "Something-Something-like: classes differ only in how the object moves",
+        tuple(_TEMPORAL),
+        tuple(_TEMPORAL.values()),
+    ),
+    "order": Preset(
+        "order",
+        "event order: classes differ only in which of two time-symmetric events comes first",
+        tuple(_ORDER),
+        tuple(_ORDER.values()),
     ),
     "appearance": Preset(
-        "appearance", "HMDB-like: classes differ in what is seen (object, texture, background); motion is random",
+        "appearance",
+        "HMDB-like: classes differ in what is seen (object, texture, background); motion is random",
         tuple(_APPEARANCE),
         tuple(f"a {v[1]} {v[0]} on a {v[2]} background" for v in _APPEARANCE.values()),
     ),
 }
-_PRESET_IDS = {"source": 1, "temporal": 2, "appearance": 3}
+_PRESET_IDS = {"source": 1, "temporal": 2, "appearance": 3, "order": 4}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -129,11 +158,28 @@ def _const(t: int, value: float) -> np.ndarray:
     return np.full(t, value, dtype=np.float64)
 
 
-def _track(rng: np.random.Generator, size: int, t: int, shape: str, texture: str, colors: np.ndarray,
-           motion: str, radius: float) -> Track:
+def _track(
+    rng: np.random.Generator,
+    size: int,
+    t: int,
+    shape: str,
+    texture: str,
+    colors: np.ndarray,
+    motion: str,
+    radius: float,
+) -> Track:
     """A track of ``motion`` kind. Mirror motions are the same random draw played backwards."""
-    mirrors = {"moving_right_to_left": "moving_left_to_right", "receding": "approaching",
-               "rotating_counterclockwise": "rotating_clockwise", "disappearing": "appearing", "rising": "falling"}
+    mirrors = {
+        "moving_right_to_left": "moving_left_to_right",
+        "receding": "approaching",
+        "rotating_counterclockwise": "rotating_clockwise",
+        "disappearing": "appearing",
+        "rising": "falling",
+        "drifting_down": "drifting_up",
+        "orbiting_counterclockwise": "orbiting_clockwise",
+        "still_then_shaking": "shaking_then_still",
+        **{f"{b}_then_{a}": f"{a}_then_{b}" for a in _EVENTS for b in _EVENTS if a < b},
+    }
     if motion in mirrors:
         return _track(rng, size, t, shape, texture, colors, mirrors[motion], radius).reversed()
     tau = np.linspace(0.0, 1.0, t)
@@ -162,8 +208,39 @@ def _track(rng: np.random.Generator, size: int, t: int, shape: str, texture: str
         a = rng.uniform(0.0, 0.35)
         b = rng.uniform(a + 0.3, 1.0)
         opacity = np.clip((tau - a) / (b - a), 0.0, 1.0)
+    elif motion == "drifting_up":
+        travel = rng.uniform(0.35, 0.6) * s
+        cx = rng.uniform(0.25, 0.75) * s + wobble
+        cy = rng.uniform(0.4, 0.6) * s - (prog - 0.5) * travel  # screen y points down
+    elif motion == "orbiting_clockwise":
+        orbit = rng.uniform(0.15, 0.25) * s
+        phase = rng.uniform(0, 2 * np.pi) + rng.uniform(1.0, 1.75) * np.pi * prog  # +phase is clockwise on screen
+        cx = 0.5 * s + orbit * np.cos(phase) + wobble
+        cy = 0.5 * s + orbit * np.sin(phase) + wobble[::-1]
+    elif motion == "shaking_then_still":
+        # per-frame jitter of the object (not the camera) until a random moment, then nothing
+        shaking = tau < rng.uniform(0.4, 0.6)
+        jitter = rng.normal(0.0, rng.uniform(0.03, 0.05) * s, (2, t)) * shaking
+        cx, cy = cx + jitter[0], cy + jitter[1]
+        angle = angle + rng.normal(0.0, 0.3, t) * shaking
+    elif motion in _ORDER:
+        first, second = motion.split("_then_")
+        cut = rng.uniform(0.45, 0.55)
+        windows = (
+            (rng.uniform(0.0, 0.08), cut - rng.uniform(0.0, 0.05)),
+            (cut + rng.uniform(0.0, 0.05), rng.uniform(0.92, 1.0)),
+        )
+        for event, (lo, hi) in zip((first, second), windows, strict=True):
+            x = np.clip((tau - lo) / (hi - lo), 0.0, 1.0)  # 0 → 1 across the event's window
+            bump = np.sin(np.pi * x)  # 0 outside, 1 at the window's middle: symmetric in time
+            if event == "pulse":
+                rad = rad * (1 + rng.uniform(0.5, 0.8) * bump)
+            elif event == "blink":
+                opacity = opacity * (1 - rng.uniform(0.85, 1.0) * bump)
+            else:  # hop
+                cy = cy - rng.uniform(0.15, 0.25) * s * bump
     elif motion == "falling":
-        cy = rng.uniform(0.1, 0.3) * s + rng.uniform(0.45, 0.65) * s * tau ** 2
+        cy = rng.uniform(0.1, 0.3) * s + rng.uniform(0.45, 0.65) * s * tau**2
     elif motion == "sliding":
         phi = rng.uniform(0, 2 * np.pi)
         travel = rng.uniform(0.35, 0.6) * s
@@ -171,16 +248,12 @@ def _track(rng: np.random.Generator, size: int, t: int, shape: str, texture: str
         cy = cy + (prog - 0.5) * travel * np.sin(phi)
     # periodic motions stay at 0.75–2 cycles per clip: a model sees 8 frames of it (4 tubelets), faster ones alias
     elif motion == "pulsing":
-        rad = radius * (1 + rng.uniform(0.3, 0.5) * np.sin(2 * np.pi * rng.uniform(0.75, 1.25) * tau
-                                                                + rng.uniform(0, 2 * np.pi)))
+        rad = radius * (
+            1 + rng.uniform(0.3, 0.5) * np.sin(2 * np.pi * rng.uniform(0.75, 1.25) * tau + rng.uniform(0, 2 * np.pi))
+        )
     elif motion == "bouncing":
         hops = rng.uniform(1.0, 2.0)
         cy = rng.uniform(0.6, 0.8) * s - rng.uniform(0.2, 0.4) * s * np.abs(np.sin(np.pi * hops * tau))
-    elif motion == "orbiting":
-        orbit = rng.uniform(0.15, 0.25) * s
-        phase = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(1.0, 1.75) * np.pi * prog
-        cx = 0.5 * s + orbit * np.cos(phase) + wobble
-        cy = 0.5 * s + orbit * np.sin(phase) + wobble[::-1]
     elif motion == "blinking":
         mid, width = rng.uniform(0.35, 0.65), rng.uniform(0.15, 0.3)
         opacity = np.clip(np.abs(tau - mid) / width, 0.0, 1.0)
@@ -191,8 +264,17 @@ def _track(rng: np.random.Generator, size: int, t: int, shape: str, texture: str
         angle = angle + np.cumsum(rng.normal(0, 0.05, t))
     elif motion not in ("static", "resting"):
         raise ValueError(f"unknown motion {motion!r}")
-    return Track(shape, texture, colors, cx.astype(np.float32), cy.astype(np.float32), rad.astype(np.float32),
-                 angle.astype(np.float32), opacity.astype(np.float32), freq=float(rng.uniform(1.5, 4.0)))
+    return Track(
+        shape,
+        texture,
+        colors,
+        cx.astype(np.float32),
+        cy.astype(np.float32),
+        rad.astype(np.float32),
+        angle.astype(np.float32),
+        opacity.astype(np.float32),
+        freq=float(rng.uniform(1.5, 4.0)),
+    )
 
 
 def _object_colors(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
@@ -210,10 +292,20 @@ def _palette(rng: np.random.Generator, base: tuple[tuple[float, ...], tuple[floa
 
 
 def _distractors(rng: np.random.Generator, size: int, t: int, count: int, bg_mean: np.ndarray) -> list[Track]:
-    shapes = tuple(SHAPES)
-    return [_track(rng, size, t, str(rng.choice(shapes)), str(rng.choice(tuple(TEXTURES))),
-                   _object_colors(rng, bg_mean), "wandering", rng.uniform(0.035, 0.08) * size)
-            for _ in range(count)]
+    shapes = TARGET_SHAPES  # source shapes never appear in a target clip
+    return [
+        _track(
+            rng,
+            size,
+            t,
+            str(rng.choice(shapes)),
+            str(rng.choice(tuple(TEXTURES))),
+            _object_colors(rng, bg_mean),
+            "wandering",
+            rng.uniform(0.035, 0.08) * size,
+        )
+        for _ in range(count)
+    ]
 
 
 @dataclass(frozen=True)
@@ -235,7 +327,7 @@ _NUISANCE = {
     # from scratch in minutes (the busy version stays at chance for a 2M-parameter ViT in that budget)
     "clean": Nuisance(("plain", "gradient", "field"), 0, 0, (0.14, 0.22), (1.0, 3.0), (0.0, 0.02)),
 }
-_PRESET_NUISANCE = {"source": "clean", "temporal": "busy", "appearance": "busy"}
+_PRESET_NUISANCE = {"source": "clean", "temporal": "busy", "order": "busy", "appearance": "busy"}
 
 
 def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames: tuple[int, int]) -> Scene:
@@ -249,10 +341,10 @@ def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames:
     radius = rng.uniform(*nuisance.radius) * size
     if preset == "source":
         motion = PRESETS["source"].classes[label]
-        # a turning disc, ring or square can look unturned: spin only shapes whose turn is always visible
-        shape = str(rng.choice(ASYMMETRIC_SHAPES[:4] if motion == "spinning" else tuple(SHAPES)))
-    elif preset == "temporal":
-        shape, motion = str(rng.choice(ASYMMETRIC_SHAPES + ("diamond",))), PRESETS["temporal"].classes[label]
+        # a turning hexagon or bar can look unturned: spin only shapes whose turn is always visible
+        shape = str(rng.choice(SOURCE_ASYMMETRIC if motion == "spinning" else tuple(SOURCE_SHAPES)))
+    elif preset in ("temporal", "order"):
+        shape, motion = str(rng.choice(ASYMMETRIC_SHAPES + ("diamond",))), PRESETS[preset].classes[label]
     elif preset == "appearance":
         shape, pref_texture, pref_kind, base = _APPEARANCE[PRESETS["appearance"].classes[label]]
         motion = str(rng.choice(("sliding", "spinning", "pulsing", "bouncing", "wandering", "static")))
@@ -273,12 +365,20 @@ def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames:
         track.cy += pad
     # distractors behind the main object most of the time, in front of it sometimes (occlusion)
     order = [*tracks, main] if rng.random() < 0.8 else [main, *tracks]
-    return Scene(size=size, frames=t, background=bg, pad=pad, tracks=order, noise=float(rng.uniform(*nuisance.noise)),
-                 flicker=float(rng.uniform(*nuisance.flicker)))
+    return Scene(
+        size=size,
+        frames=t,
+        background=bg,
+        pad=pad,
+        tracks=order,
+        noise=float(rng.uniform(*nuisance.noise)),
+        flicker=float(rng.uniform(*nuisance.flicker)),
+    )
 
 
-def render_clip(preset: str, label: int, index: int, *, seed: int = 0, size: int = 128,
-                frames: tuple[int, int] = DEFAULT_FRAMES) -> np.ndarray:
+def render_clip(
+    preset: str, label: int, index: int, *, seed: int = 0, size: int = 128, frames: tuple[int, int] = DEFAULT_FRAMES
+) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 RGB of clip ``index`` of class ``label`` (deterministic in all arguments)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
@@ -379,9 +479,16 @@ def synthesize(
         raise DatasetError("frames must be a range (min, max) with 2 <= min <= max")
     spec = PRESETS[preset]
     out = Path(out_dir)
-    wanted = {"version": SYNTH_VERSION, "preset": preset, "seed": seed, "size": size,
-              "clips_per_class": clips_per_class, "val_fraction": val_fraction, "frames": list(frames),
-              "classes": list(spec.classes)}
+    wanted = {
+        "version": SYNTH_VERSION,
+        "preset": preset,
+        "seed": seed,
+        "size": size,
+        "clips_per_class": clips_per_class,
+        "val_fraction": val_fraction,
+        "frames": list(frames),
+        "classes": list(spec.classes),
+    }
     if _manifest_matches(out, wanted):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -391,8 +498,11 @@ def synthesize(
     (out / "dataset.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
 
     codec = _codec()
-    jobs = [(preset, label, i, seed, size, tuple(frames), str(out), codec)
-            for label in range(len(spec.classes)) for i in range(clips_per_class)]
+    jobs = [
+        (preset, label, i, seed, size, tuple(frames), str(out), codec)
+        for label in range(len(spec.classes))
+        for i in range(clips_per_class)
+    ]
     total = len(jobs)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)

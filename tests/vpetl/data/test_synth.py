@@ -17,7 +17,10 @@ from vpetl.errors import DatasetError
 
 def test_presets_describe_their_classes() -> None:
     sizes = {name: len(p.classes) for name, p in synth.PRESETS.items()}
-    assert sizes == {"source": 7, "temporal": 10, "appearance": 8}
+    assert sizes == {"source": 11, "temporal": 10, "order": 6, "appearance": 8}
+    # the source domain shares no class with a target task
+    targets = {c for name in ("temporal", "order", "appearance") for c in synth.PRESETS[name].classes}
+    assert not targets & set(synth.PRESETS["source"].classes)
     for preset in synth.PRESETS.values():
         assert len(set(preset.classes)) == len(preset.classes) == len(preset.class_descriptions)
 
@@ -32,23 +35,84 @@ def test_render_clip_is_deterministic() -> None:
         assert a.std() > 10  # not a blank clip
 
 
-@pytest.mark.parametrize(("motion", "check"), [
-    ("moving_left_to_right", lambda t: t.cx[-1] - t.cx[0] > 20),
-    ("moving_right_to_left", lambda t: t.cx[0] - t.cx[-1] > 20),
-    ("approaching", lambda t: t.radius[-1] > 1.9 * t.radius[0]),
-    ("receding", lambda t: t.radius[0] > 1.9 * t.radius[-1]),
-    ("rotating_clockwise", lambda t: t.angle[-1] - t.angle[0] > 2),  # screen y points down: +angle is clockwise
-    ("rotating_counterclockwise", lambda t: t.angle[0] - t.angle[-1] > 2),
-    ("appearing", lambda t: t.opacity[0] < 0.05 and t.opacity[-1] == 1),
-    ("disappearing", lambda t: t.opacity[0] == 1 and t.opacity[-1] < 0.05),
-    ("falling", lambda t: t.cy[-1] - t.cy[0] > 40),
-    ("rising", lambda t: t.cy[0] - t.cy[-1] > 40),
-])
+@pytest.mark.parametrize(
+    ("motion", "check"),
+    [
+        ("moving_left_to_right", lambda t: t.cx[-1] - t.cx[0] > 20),
+        ("moving_right_to_left", lambda t: t.cx[0] - t.cx[-1] > 20),
+        ("approaching", lambda t: t.radius[-1] > 1.9 * t.radius[0]),
+        ("receding", lambda t: t.radius[0] > 1.9 * t.radius[-1]),
+        ("rotating_clockwise", lambda t: t.angle[-1] - t.angle[0] > 2),  # screen y points down: +angle is clockwise
+        ("rotating_counterclockwise", lambda t: t.angle[0] - t.angle[-1] > 2),
+        ("appearing", lambda t: t.opacity[0] < 0.05 and t.opacity[-1] == 1),
+        ("disappearing", lambda t: t.opacity[0] == 1 and t.opacity[-1] < 0.05),
+        ("falling", lambda t: t.cy[-1] - t.cy[0] > 40),
+        ("rising", lambda t: t.cy[0] - t.cy[-1] > 40),
+    ],
+)
 def test_temporal_motions_mean_what_they_say(motion: str, check) -> None:  # noqa: ANN001
     for seed in range(10):
         rng = np.random.default_rng(seed)
         track = synth._track(rng, 128, 32, "ell", "solid", np.zeros((2, 3)), motion, 16.0)
         assert check(track), (motion, seed)
+
+
+def _turn(t) -> float:  # noqa: ANN001
+    """Total signed turn of the centre around (64, 64), radians; screen y points down, so > 0 is clockwise."""
+    phase = np.unwrap(np.arctan2(t.cy - 64.0, t.cx - 64.0))
+    return float(phase[-1] - phase[0])
+
+
+def _jitter(a: np.ndarray) -> float:
+    return float(np.abs(np.diff(a, 2)).mean())  # second differences: large for per-frame jitter, ~0 when smooth
+
+
+@pytest.mark.parametrize(
+    ("motion", "check"),
+    [
+        ("drifting_up", lambda t: t.cy[0] - t.cy[-1] > 30 and abs(t.cx[-1] - t.cx[0]) < 15),
+        ("drifting_down", lambda t: t.cy[-1] - t.cy[0] > 30 and abs(t.cx[-1] - t.cx[0]) < 15),
+        ("orbiting_clockwise", lambda t: _turn(t) > 2.5),
+        ("orbiting_counterclockwise", lambda t: _turn(t) < -2.5),
+        ("shaking_then_still", lambda t: _jitter(t.cx[:12]) > 5 * _jitter(t.cx[-12:])),
+        ("still_then_shaking", lambda t: _jitter(t.cx[-12:]) > 5 * _jitter(t.cx[:12])),
+    ],
+)
+def test_source_motions_carry_direction_and_order(motion: str, check) -> None:  # noqa: ANN001
+    for seed in range(10):
+        track = synth._track(np.random.default_rng(seed), 128, 32, "arrow", "solid", np.zeros((2, 3)), motion, 16.0)
+        assert check(track), (motion, seed)
+
+
+@pytest.mark.parametrize("name", sorted(synth.PRESETS["order"].classes))
+def test_order_classes_put_the_first_event_first(name: str) -> None:
+    first, second = name.split("_then_")
+
+    def activity(t, event: str) -> np.ndarray:  # noqa: ANN001
+        """How far each frame is from rest, for one event kind (radius up, opacity down, centre up)."""
+        if event == "pulse":
+            return t.radius / t.radius.min() - 1
+        if event == "blink":
+            return 1 - t.opacity
+        return (t.cy.max() - t.cy) / 128
+
+    for seed in range(6):
+        t = synth._track(np.random.default_rng(seed), 128, 32, "ell", "solid", np.zeros((2, 3)), name, 16.0)
+        a, b = activity(t, first), activity(t, second)
+        assert a.max() > 0.12 and b.max() > 0.12, seed  # both events happen …
+        assert a.argmax() < 16 <= b.argmax(), (seed, a.argmax(), b.argmax())  # … the first in the first half
+
+
+def test_source_objects_never_appear_in_target_clips() -> None:
+    from vpetl.data.render import SOURCE_SHAPES, TARGET_SHAPES
+
+    assert not set(SOURCE_SHAPES) & set(TARGET_SHAPES)
+    for preset in synth.PRESETS:
+        for label in range(len(synth.PRESETS[preset].classes)):
+            for index in range(3):
+                rng = np.random.default_rng([0, synth._PRESET_IDS[preset], label, index])
+                shapes = {track.shape for track in synth._scene(preset, label, rng, 64, (12, 12)).tracks}
+                assert shapes <= set(SOURCE_SHAPES if preset == "source" else TARGET_SHAPES), (preset, shapes)
 
 
 def _decode_all(path: Path) -> np.ndarray:
@@ -72,13 +136,15 @@ def test_synthesize_writes_the_folder_layout(tiny_synth: Path) -> None:
 
 
 def test_decoded_frames_match_render_and_repeat(tiny_synth: Path, tmp_path: Path) -> None:
-    again = synth.synthesize("temporal", tmp_path / "again", clips_per_class=3, seed=7, size=64, frames=(8, 12),
-                             workers=2)
+    again = synth.synthesize(
+        "temporal", tmp_path / "again", clips_per_class=3, seed=7, size=64, frames=(8, 12), workers=2
+    )
     for rel, label in read_split_file(tiny_synth / "val.txt")[:4]:
         first, second = _decode_all(tiny_synth / rel), _decode_all(again / rel)
         assert np.array_equal(first, second)  # same seed → identical frames (whatever the worker count)
         rendered = synth.render_clip("temporal", label, 2, seed=7, size=64, frames=(8, 12))
         assert first.shape == rendered.shape
+
         # yuv420p halves the chroma resolution (saturated stripes suffer) and crf drops the pixel noise, but the
         # 4x4 block means must survive.
         def blocks(v: np.ndarray) -> np.ndarray:
@@ -103,8 +169,24 @@ def test_cli_synth_json(tmp_path: Path) -> None:
     from server.cli import app
 
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["data", "synth", "--preset", "appearance", "--out", str(out),
-                                      "--clips-per-class", "2", "--size", "48", "--seed", "3", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--preset",
+            "appearance",
+            "--out",
+            str(out),
+            "--clips-per-class",
+            "2",
+            "--size",
+            "48",
+            "--seed",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["counts"] == {"train": 8, "val": 8, "total": 16} and manifest["path"] == str(out)
