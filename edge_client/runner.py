@@ -1,11 +1,11 @@
 """Predict on the device with onnxruntime: the backbone graph loaded once, each task's adapter fed as inputs.
 
 The graph (``vpetl export-onnx`` / ``GET /backbone/onnx``) takes the clip and the adapter tensors of one method
-family as inputs (see ``vpetl/formats/onnx.py``), so switching tasks is a new feed dict — the session is never
-rebuilt. Its ``metadata_props`` carry the input spec, the backbone's name and sha256, the family and the layout, so
-the runner needs nothing else: clips are preprocessed with :func:`vpetl.video.load_clip` under the graph's
-:class:`~vpetl.protocol.InputSpec` (the one the backbone was trained with), and adapters are checked against the
-backbone hash before use.
+family as inputs (see ``vpetl/formats/onnx.py``), so switching tasks is a new IOBinding of the adapter's tensors —
+the session is never rebuilt, and a call with the same task binds only the clip. Its ``metadata_props`` carry the
+input spec, the backbone's name and sha256, the family and the layout, so the runner needs nothing else: clips are
+preprocessed with :func:`vpetl.video.load_clip` under the graph's :class:`~vpetl.protocol.InputSpec` (the one the
+backbone was trained with), and adapters are checked against the backbone hash before use.
 
 Feeding an adapter: the graph takes weights in the server's canonical form, scales folded into the up projections
 (``s·Up`` and ``s·b_up``; LoRA's ``α/r`` into B), exactly as ``vpetl.petl.bank_tasks.decode_task`` folds them. That
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from vpetl.video import VideoSource, load_clip
 logger = logging.getLogger(__name__)
 
 QKV = ("q", "k", "v")
+CLIP, LOGITS = "clip", "logits"
 #: the adapter methods an edge graph can run, and the components each brings
 METHOD_COMPONENTS: dict[str, tuple[str, ...]] = {
     "bapat": ("patt", "adaptmlp"),
@@ -61,6 +63,9 @@ class GraphInfo:
     mlp_mode: str
     num_features: int
     block_dims: tuple[int, ...]
+    quant: str = "fp32"  # "int8": weights quantized by vpetl.formats.onnx_quant
+    merged_task: str | None = None  # a single-task graph: this task's adapter is folded into constants
+    merged_adapter_sha256: str | None = None
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str], where: str = "graph") -> GraphInfo:
@@ -74,6 +79,8 @@ class GraphInfo:
                 patt_positions=tuple(layout.get("patt_positions", ())),
                 lora_targets=tuple(layout.get("lora_targets", ())), mlp_mode=layout.get("mlp_mode", "parallel"),
                 num_features=int(layout["num_features"]), block_dims=tuple(int(d) for d in layout["block_dims"]),
+                quant=meta.get("quant", "fp32"), merged_task=meta.get("merged_task"),
+                merged_adapter_sha256=meta.get("merged_adapter_sha256"),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise IncompatibleAdapter(f"{where}: not a vpetl backbone graph (metadata {e!s} missing or bad)") from e
@@ -196,29 +203,87 @@ def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[LabelScore]:
 
 
 # ------------------------------------------------------------------------------------------------ runner
+def device_threads() -> int:
+    """Intra-op threads for this device: the cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, *, spin: bool = False, preoptimized: bool = False) -> Any:
+    """The onnxruntime options the runner uses (measured in ``benchmarks/edge.py``, "session options").
+
+    - graph optimisation ``ORT_ENABLE_ALL`` (layout transforms and fused kernels: the fastest level measured), or
+      none at all for a graph :func:`optimize_graph` already optimised (the session then loads in a fraction of
+      the time);
+    - ``threads`` intra-op threads (default: :func:`device_threads`), one inter-op thread (the graph is a chain);
+    - the CPU memory arena and memory patterns on (ORT's defaults; turning the arena off measured slower);
+    - no spinning unless asked: ORT's pool busy-waits after each run by default, and on a 2-core device that steals
+      the CPU from the next clip's decode (and from anything else the device runs).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or device_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if preoptimized else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def optimize_graph(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, threads: int | None = None) -> Path:
+    """Write ``src`` optimised by onnxruntime (``ORT_ENABLE_ALL``) to ``dst`` (atomically), once, at sync time.
+
+    The result may hold kernels fused for this CPU (ORT's own warning), so it is a per-device cache file, never
+    something to ship; a :class:`Runner` over it passes ``preoptimized=True``. The metadata is kept.
+    """
+    import onnxruntime as ort
+
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    options = session_options(threads)
+    options.optimized_model_filepath = str(tmp)
+    options.log_severity_level = 3  # the "hardware specific" warning is the point of a per-device cache
+    try:
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
 class Runner:
-    """One onnxruntime session over the backbone graph; adapters are fed per call.
+    """One onnxruntime session over the backbone graph; a task's adapter is bound once and reused.
+
+    The adapter tensors of the task in use sit in ORT's IOBinding as OrtValues: a call binds only the clip, so the
+    60+ adapter inputs are not handed to ORT afresh on every run. Switching to another adapter (another task or
+    version: another sha256) re-binds them; its folded OrtValues are kept (LRU), so switching back costs only the
+    bind. ``binds`` counts re-binds. One call at a time (the binding is shared state; a lock serialises callers).
 
     Args:
         graph: path to the ``.onnx`` file (or its bytes).
-        threads: intra-op threads (2: the edge boxes this targets have few cores).
-        max_adapters: prepared feed dicts kept (keyed by adapter sha256), so a task switch costs no folding.
+        threads: intra-op threads (default: the device's cores, :func:`device_threads`).
+        max_adapters: prepared adapters kept (keyed by sha256), so a task switch costs no folding.
         spin: let idle intra-op threads busy-wait between runs (lower latency for back-to-back runs, at the cost
             of burning the cores the rest of the device needs).
+        preoptimized: the graph was written by :func:`optimize_graph` on this device (skip optimising it again).
     """
 
     def __init__(
-        self, graph: str | os.PathLike[str] | bytes, *, threads: int = 2, max_adapters: int = 16, spin: bool = False
+        self, graph: str | os.PathLike[str] | bytes, *, threads: int | None = None, max_adapters: int = 16,
+        spin: bool = False, preoptimized: bool = False,
     ) -> None:
         import onnxruntime as ort  # here, not at import: `vpetl-edge --help` stays fast
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if not spin:
-            # ORT's pool busy-waits after each run by default; on a 2-core device that steals the CPU from the
-            # next clip's decode (and from anything else the device runs).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._ort = ort
+        options = session_options(threads, spin=spin, preoptimized=preoptimized)
         source = graph if isinstance(graph, bytes) else str(graph)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         where = "graph" if isinstance(graph, bytes) else str(graph)
@@ -226,27 +291,60 @@ class Runner:
         have = tuple(i.name for i in self.session.get_inputs())
         if set(have) != set(self.info.input_names):
             raise IncompatibleAdapter(f"{where}: inputs do not match its own metadata (a damaged file?)")
-        self._feeds: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._feeds: OrderedDict[str, dict[str, Any]] = OrderedDict()  # sha256 -> {input name: OrtValue}
         self._max = max_adapters
+        self._binding = self.session.io_binding()
+        self._bound: str | None = None
+        self._lock = threading.Lock()
+        self.binds = 0
 
     @property
     def input_spec(self) -> InputSpec:
         return self.info.input_spec
 
     def prepare(self, adapter: AdapterFile) -> dict[str, np.ndarray]:
-        """The adapter's feeds (cached by sha256; validated against the graph on first use)."""
+        """The adapter's feeds as numpy (validated against the graph and folded on first use; cached by sha256)."""
+        return {name: value.numpy() for name, value in self._prepared(adapter).items()}
+
+    def _prepared(self, adapter: AdapterFile) -> dict[str, Any]:
         hit = self._feeds.get(adapter.sha256)
         if hit is not None:
             self._feeds.move_to_end(adapter.sha256)
             return hit
-        if adapter.meta.input_spec != self.info.input_spec:
-            logger.warning("adapter %s was trained with input spec %s; the graph's is %s (used)",
-                           adapter.sha256[:12], adapter.meta.input_spec, self.info.input_spec)
-        feeds = graph_feeds(self.info, adapter)
-        self._feeds[adapter.sha256] = feeds
+        if self.info.merged_adapter_sha256 is not None:
+            if adapter.sha256 != self.info.merged_adapter_sha256:
+                raise IncompatibleAdapter(
+                    f"this graph has task {self.info.merged_task!r}'s adapter "
+                    f"({self.info.merged_adapter_sha256[:12]}…) merged in; adapter {adapter.sha256[:12]}… needs the "
+                    "shared graph (sync without --merged)"
+                )
+            values: dict[str, Any] = {}
+        else:
+            if adapter.meta.input_spec != self.info.input_spec:
+                logger.warning("adapter %s was trained with input spec %s; the graph's is %s (used)",
+                               adapter.sha256[:12], adapter.meta.input_spec, self.info.input_spec)
+            feeds = graph_feeds(self.info, adapter)
+            # One copy into ORT-owned tensors now, none per call after.
+            values = {name: self._ort.OrtValue.ortvalue_from_numpy(t) for name, t in feeds.items()}
+        self._feeds[adapter.sha256] = values
         while len(self._feeds) > self._max:
             self._feeds.popitem(last=False)
-        return feeds
+        return values
+
+    def activate(self, adapter: AdapterFile | bytes | str | Path) -> AdapterFile:
+        """Bind ``adapter``'s tensors for the next calls (nothing happens when it is the one bound already)."""
+        file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
+        with self._lock:
+            self._activate(file)
+        return file
+
+    def _activate(self, file: AdapterFile) -> None:
+        if self._bound == file.sha256:
+            return
+        for name, value in self._prepared(file).items():
+            self._binding.bind_ortvalue_input(name, value)
+        self._bound = file.sha256
+        self.binds += 1
 
     def preprocess(self, clip: VideoSource) -> np.ndarray:
         """A clip file or bytes -> (1, 3, T, H, W) float32 under the graph's input spec."""
@@ -255,8 +353,14 @@ class Runner:
     def logits(self, clips: np.ndarray, adapter: AdapterFile | bytes | str | Path) -> np.ndarray:
         """(B, 3, T, H, W) preprocessed clips -> (B, K) logits under ``adapter``."""
         file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
-        feeds = {"clip": np.ascontiguousarray(clips, dtype=np.float32), **self.prepare(file)}
-        return self.session.run(["logits"], feeds)[0]
+        x = np.ascontiguousarray(clips, dtype=np.float32)
+        with self._lock:
+            self._activate(file)
+            self._binding.bind_cpu_input(CLIP, x)
+            # unallocated each call: the batch (and a task's class count) changes the output's shape
+            self._binding.bind_output(LOGITS, "cpu")
+            self.session.run_with_iobinding(self._binding)
+            return self._binding.copy_outputs_to_cpu()[0]
 
     def predict(
         self, clip: VideoSource, adapter: AdapterFile | bytes | str | Path, *, topk: int = 5,
@@ -295,4 +399,15 @@ def read_graph_info(path: str | os.PathLike[str]) -> GraphInfo:
     return GraphInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
 
 
-__all__ = ["GraphInfo", "METHOD_COMPONENTS", "Runner", "graph_family_fits", "graph_feeds", "read_graph_info", "top_k"]
+__all__ = [
+    "GraphInfo",
+    "METHOD_COMPONENTS",
+    "Runner",
+    "device_threads",
+    "graph_family_fits",
+    "graph_feeds",
+    "optimize_graph",
+    "read_graph_info",
+    "session_options",
+    "top_k",
+]

@@ -129,3 +129,39 @@ def test_demo_backbone_parity(tmp_path: Path, mp4_clip: Path) -> None:
     got = runner.logits(x, data)[0]
     assert np.abs(got - reference).max() <= 1e-3 and got.argmax() == reference.argmax()
     assert info["size"] == (tmp_path / "demo.onnx").stat().st_size
+
+
+def test_adapter_is_bound_once_per_switch(tiny_graphs: dict[str, Path]) -> None:
+    """IOBinding: repeated calls with one adapter re-bind nothing; a switch (other task, other class count, other
+    batch) re-binds once and gives what a plain ``session.run`` with every input fed gives."""
+    runner = Runner(tiny_graphs["bapat"], threads=2)
+    _, first = make_adapter(*CASES[0][1:], task="a")
+    _, second = make_adapter("patt", {"bottleneck": 3}, task="b", seed=5, labels=["x", "y", "z"])
+    spec = runner.input_spec
+    clips = np.random.default_rng(1).standard_normal((3, 3, spec.num_frames, spec.size, spec.size), np.float32)
+
+    def plain(data: bytes, x: np.ndarray) -> np.ndarray:
+        feeds = graph_feeds(runner.info, read_adapter(data))
+        return runner.session.run(["logits"], {"clip": x, **feeds})[0]
+
+    for _ in range(3):
+        np.testing.assert_allclose(runner.logits(clips[:1], first), plain(first, clips[:1]), atol=1e-5)
+    assert runner.binds == 1
+    got = runner.logits(clips, second)  # another task, 3 classes, batch 3
+    assert got.shape == (3, 3) and runner.binds == 2
+    np.testing.assert_allclose(got, plain(second, clips), atol=1e-5)
+    np.testing.assert_allclose(runner.logits(clips[1:], first), plain(first, clips[1:]), atol=1e-5)
+    assert runner.binds == 3  # back to the first task: bound again, its folded tensors reused
+
+
+def test_optimized_graph_cache_gives_the_same_logits(tiny_graphs: dict[str, Path], tmp_path: Path) -> None:
+    from edge_client.runner import optimize_graph, read_graph_info
+
+    optimized = optimize_graph(tiny_graphs["bapat"], tmp_path / "bapat.opt.onnx", threads=2)
+    assert read_graph_info(optimized) == read_graph_info(tiny_graphs["bapat"])  # the metadata survives
+    _, data = make_adapter(*CASES[0][1:])
+    spec = read_graph_info(optimized).input_spec
+    x = np.random.default_rng(2).standard_normal((2, 3, spec.num_frames, spec.size, spec.size), np.float32)
+    want = Runner(tiny_graphs["bapat"], threads=2).logits(x, data)
+    np.testing.assert_allclose(Runner(optimized, threads=2, preoptimized=True).logits(x, data), want, atol=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))
