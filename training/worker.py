@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -170,6 +170,8 @@ class Worker:
     progress: bool = False
     max_attempts: int = MAX_ATTEMPTS
     device: str = "auto"  # training device (auto: cuda when present); checked at start by check_device
+    # told (job id, outcome of run_one, or "redelivered") after each handled entry: `vpetl worker --json` lines
+    on_job: Callable[[str, str], None] | None = None
 
     def run(self, *, max_jobs: int | None = None, stop: threading.Event | None = None) -> int:
         """Handle jobs until ``max_jobs`` entries were handled (run, skipped or given up) or ``stop`` is set."""
@@ -184,12 +186,15 @@ class Worker:
             if claimed is None:
                 continue
             try:
-                self.run_one(*claimed)
+                outcome = self.run_one(*claimed)
             except Exception as e:  # Redis went away mid-job: the entry stays pending and is redelivered (publish
                 # is idempotent per job, so a redelivery that already published makes no second version)
                 logger.warning("job %s: could not complete (%s); it will be redelivered", claimed[1], e)
+                outcome = "redelivered"
                 time.sleep(1.0)
             done += 1
+            if self.on_job is not None:
+                self.on_job(claimed[1], outcome)
         return done
 
     def run_one(self, entry_id: str, job_id: str) -> str:

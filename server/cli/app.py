@@ -29,6 +29,13 @@ def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def print_json_line(payload: Any) -> None:
+    """One event of a long-running command's ``--json`` stream (``serve``, ``worker``, ``up``): one compact JSON
+    object per line on stdout, flushed at once so a supervisor reading the pipe sees it when it happens."""
+    sys.stdout.write(json.dumps(payload, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
 def fail(error: VpetlError | str, exit_code: int = 2) -> NoReturn:
     """Print a one-line error that says what to do, then exit non-zero (no traceback for user errors)."""
     if isinstance(error, VpetlError):

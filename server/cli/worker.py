@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from server.cli.app import app, console, fail
+from server.cli.app import app, console, fail, print_json_line
 from vpetl.errors import VpetlError
 
 
@@ -48,6 +49,9 @@ def worker(
         60.0, "--backbone-wait-s", envvar="VPETL_BACKBONE_WAIT_S",
         help="with no weights of its own, wait this long for a server to register the backbone",
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="JSON lines on stdout: one when ready, one per job handled, one when stopped"
+    ),
 ) -> None:
     """Train adapters for queued jobs (POST /jobs) and publish them to the adapter store."""
     import torch
@@ -75,12 +79,37 @@ def worker(
     except VpetlError as e:
         fail(e)
     name = consumer or default_consumer_name()
-    console.print(f"[bold]vpetl worker[/] {name}: backbone {backbone} ({model.sha256()[:12]}…), waiting for jobs")
+    queue = JobQueue(client)
+    if as_json:
+        print_json_line({"event": "ready", "worker": name, "backbone": backbone, "backbone_sha256": model.sha256(),
+                         "device": device})  # fmt: skip
+    else:
+        console.print(f"[bold]vpetl worker[/] {name}: backbone {backbone} ({model.sha256()[:12]}…), waiting for jobs")
     try:
         done = Worker(
-            model, JobQueue(client), store, clips, name, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
-            device=device,
-        ).run(max_jobs=max_jobs)
+            model, queue, store, clips, name, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
+            device=device, on_job=(lambda job_id, outcome: print_json_line(_job_event(queue, job_id, outcome)))
+            if as_json else None,
+        ).run(max_jobs=max_jobs)  # fmt: skip
     except KeyboardInterrupt:
         done = -1
-    console.print(f"worker {name} stopped after {done} job(s)" if done >= 0 else f"worker {name} interrupted")
+    if as_json:
+        print_json_line({"event": "stopped" if done >= 0 else "interrupted", "worker": name, "jobs": max(done, 0)})
+    else:
+        console.print(f"worker {name} stopped after {done} job(s)" if done >= 0 else f"worker {name} interrupted")
+
+
+def _job_event(queue: Any, job_id: str, outcome: str) -> dict[str, Any]:
+    """The ``--json`` line for one handled job: what happened and, from its record, where it stands now."""
+    event: dict[str, Any] = {"event": "job", "job_id": job_id, "outcome": outcome}
+    try:
+        job = queue.get(job_id)
+    except VpetlError:  # the record is gone (deleted or expired): the outcome is all there is to say
+        return event
+    result = job.get("result") or {}
+    event.update(
+        state=job.get("state"), task=(job.get("params") or {}).get("task"), version=job.get("version"),
+        published=result.get("published"), val_top1=result.get("val_top1"), error=job.get("error"),
+        attempts=job.get("attempts"),
+    )  # fmt: skip
+    return event

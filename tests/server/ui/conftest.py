@@ -83,10 +83,12 @@ def console_errors(driver: Any) -> list[dict[str, Any]]:
 
 
 DROP_JS = """
-const [id, b64, name, type] = arguments;
-const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const [id, files, type] = arguments;
 const transfer = new DataTransfer();
-transfer.items.add(new File([bytes], name, { type }));
+for (const [b64, name] of files) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  transfer.items.add(new File([bytes], name, { type }));
+}
 const target = document.getElementById(id);
 for (const kind of ["dragenter", "dragover", "drop"]) {
   target.dispatchEvent(new DragEvent(kind, { dataTransfer: transfer, bubbles: true, cancelable: true }));
@@ -94,6 +96,11 @@ for (const kind of ["dragenter", "dragover", "drop"]) {
 """
 
 
+def drop_files(driver: Any, element_id: str, files: list[tuple[bytes, str]], media_type: str = "video/mp4") -> None:
+    """Drop files on an element the way a browser does (a real DataTransfer carrying Files, real drag events)."""
+    encoded = [[base64.b64encode(data).decode("ascii"), name] for data, name in files]
+    driver.execute_script(DROP_JS, element_id, encoded, media_type)
+
+
 def drop_file(driver: Any, element_id: str, data: bytes, name: str, media_type: str = "video/mp4") -> None:
-    """Drop a file on an element the way a browser does (a real DataTransfer carrying a File, real drag events)."""
-    driver.execute_script(DROP_JS, element_id, base64.b64encode(data).decode("ascii"), name, media_type)
+    drop_files(driver, element_id, [(data, name)], media_type)
