@@ -28,7 +28,7 @@ def served(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     args = ["--redis-url", url, "--backbone", BACKBONE, "--data-dir", str(tmp / "data")]
     proc = ServerProcess(args, tmp / "server.log", env={"VPETL_ADMIN_TOKEN": TOKEN}).start()
     try:
-        with httpx.Client(base_url=proc.url, timeout=30) as client:
+        with httpx.Client(base_url=proc.url, timeout=30, headers={"Authorization": AUTH["Authorization"]}) as client:
             yield client, url
     finally:
         proc.stop()

@@ -38,8 +38,9 @@ def servers(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_bf16_server_predicts_like_the_fp32_server(servers: dict[str, ServerProcess], clips: dict[str, bytes]) -> None:
-    with httpx.Client(base_url=servers["fp32"].url, timeout=30.0) as fp32, httpx.Client(
-        base_url=servers["bf16"].url, timeout=30.0
+    bearer = {"Authorization": AUTH["Authorization"]}  # every route needs the token once one is configured
+    with httpx.Client(base_url=servers["fp32"].url, timeout=30.0, headers=bearer) as fp32, httpx.Client(
+        base_url=servers["bf16"].url, timeout=30.0, headers=bearer
     ) as bf16:
         r = bf16.put("/adapters/cats", content=make_adapter("cats", seed=1), headers=AUTH)  # fp32-trained file
         assert r.status_code == 201, r.text
@@ -75,7 +76,8 @@ def test_a_bf16_server_exports_the_fp32_onnx_graph(servers: dict[str, ServerProc
     cast back): the bf16 and the fp32 server export byte-identical graphs."""
     shas = {}
     for dtype in ("bf16", "fp32"):
-        r = httpx.get(servers[dtype].url + "/backbone/onnx", timeout=120)
+        r = httpx.get(servers[dtype].url + "/backbone/onnx", timeout=120,
+                      headers={"Authorization": AUTH["Authorization"]})  # fmt: skip
         assert r.status_code == 200, r.text[:300]
         shas[dtype] = r.headers["etag"]
     assert shas["bf16"] == shas["fp32"]
