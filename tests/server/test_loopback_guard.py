@@ -1,11 +1,12 @@
 """Hardening of a server without an admin token (``vpetl up``), and of bodies read before auth: the loopback
 guard (Host allow-list against DNS rebinding, Origin / Fetch-metadata check against cross-site writes), the full
-``Allow`` header on 405, and ``POST /jobs`` answering 401 before it reads its body. In-process (no backbone, no
-Redis): none of these paths reach the services."""
+``Allow`` header on 405, and ``POST /jobs`` answering 401 before it reads its body. In-process (no backbone): none
+of these paths reach the services; the open-mode app reads the (empty) API key list from a real Redis once."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,16 +18,26 @@ from server.app import build_app
 from server.metrics import Metrics
 from server.middleware import host_name
 from server.settings import Settings
+from tests.server.conftest import db_url, flush
+from vpetl.store import async_redis_client
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
-def _app(admin_token: str | None = None, host: str = "127.0.0.1") -> FastAPI:
-    services = SimpleNamespace(settings=Settings(admin_token=admin_token, host=host), metrics=Metrics())
+def _app(admin_token: str | None = None, host: str = "127.0.0.1", redis_url: str = UNREACHABLE) -> FastAPI:
+    # the key store: with an admin token, only a key-shaped token would reach it (none below does); in open mode
+    # the first request reads the key list (empty: no keys, no token, open) from the Redis at `redis_url`
+    store = SimpleNamespace(redis=async_redis_client(redis_url))
+    services = SimpleNamespace(settings=Settings(admin_token=admin_token, host=host), metrics=Metrics(), store=store)
     return build_app(services)  # type: ignore[arg-type]  # no lifespan is run: nothing below reaches the services
 
 
 @pytest.fixture(scope="module")
-def open_client() -> TestClient:
-    return TestClient(_app(), base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
+def open_client(redis_server_url: str) -> Iterator[TestClient]:
+    url = db_url(redis_server_url, 3)
+    flush(url)
+    yield TestClient(_app(redis_url=url), base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
+    flush(url)
 
 
 @pytest.mark.parametrize(
