@@ -7,6 +7,7 @@ engine is a function ``(settings, log_level) -> None`` in :data:`ENGINES`; the R
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from server.cli.app import app, err_console, fail
 from server.settings import Settings, get_settings
-from vpetl.errors import VpetlError
+from vpetl.errors import InvalidRequest, VpetlError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ def serve_local(settings: Settings, log_level: str) -> None:
 def serve_ray(settings: Settings, log_level: str) -> None:
     """Ray Serve: an ingress deployment (the same FastAPI app) and ``--replicas`` predictor replicas, each with its
     own mixed-task micro-batcher. Joins the cluster at ``RAY_ADDRESS`` if set, else starts a local Ray."""
-    import math
     import os
     import time
 
@@ -79,11 +79,12 @@ def serve_ray(settings: Settings, log_level: str) -> None:
         _register_backbone(settings)  # here, where the checkpoint is: replicas load it from Redis
         settings = settings.model_copy(update={"checkpoint": None})
         address = os.environ.get("RAY_ADDRESS")
-        needed = (settings.replicas * settings.predictor_num_cpus
-                  + settings.ingress_replicas * settings.ingress_num_cpus)  # fmt: skip
+        # A local Ray instance sized for the most replicas autoscaling may start, not only the first ones.
+        most = max(settings.replicas, settings.max_replicas or 0)
+        needed = most * settings.predictor_num_cpus + settings.ingress_replicas * settings.ingress_num_cpus
         ray.init(
+            # GPUs: Ray counts the machine's own (a made-up count would schedule replicas on GPUs that do not exist)
             address=address, num_cpus=None if address else max(2, os.cpu_count() or 2, math.ceil(needed)),
-            num_gpus=None if address else math.ceil(settings.replicas * settings.predictor_num_gpus) or None,
             include_dashboard=False, log_to_driver=log_level == "debug", logging_level="ERROR",
             ignore_reinit_error=True,
         )  # fmt: skip
@@ -123,6 +124,25 @@ def _register_backbone(settings: Settings) -> None:
         fail(e)
     finally:
         client.close()
+
+
+def check_local_gpus(settings: Settings) -> None:
+    """Refuse GPU predictor replicas a local Ray instance cannot hold (they would wait for a GPU forever). A
+    cluster (``RAY_ADDRESS``) is Ray's to schedule."""
+    import os
+
+    if settings.engine != "ray" or settings.predictor_num_gpus <= 0 or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    replicas, gpus_each = max(settings.replicas, settings.max_replicas or 0), settings.predictor_num_gpus
+    have = torch.cuda.device_count()
+    want = math.ceil(replicas * gpus_each)
+    if have < want:
+        raise InvalidRequest(
+            f"{replicas} predictor replica(s) × {gpus_each:g} GPU need {want} GPU(s); this machine has {have}: "
+            "lower VPETL_PREDICTOR_NUM_GPUS / --replicas, or run against a Ray cluster with GPUs (RAY_ADDRESS)"
+        )
 
 
 ENGINES: dict[str, Engine] = {"local": serve_local, "ray": serve_ray}
@@ -184,6 +204,7 @@ def serve(
         fail(f"invalid settings: {problems}")
     try:
         settings.check_bind()
+        check_local_gpus(settings)
         from server.cli.common import resolve_checkpoint
 
         # The demo backbone's weights come from `vpetl pretrain` (cached under the data dir; built on first use).
