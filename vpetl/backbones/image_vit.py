@@ -1,7 +1,13 @@
 """Image ViT-B/16 with a CLS token, applied per frame (the image-to-video setting of ST-Adapter and DualPath).
 
 A clip (B, 3, T, H, W) runs as B·T images; the pooled feature is the mean over frames of the last block's CLS
-token, then the final LayerNorm (CLIP's ``ln_post`` placement). Keys follow timm's ViT layout."""
+token, then the final LayerNorm (CLIP's ``ln_post`` placement). Keys follow timm's ViT layout.
+
+Two variants by config: ``vit-b16`` (timm / IN-21K: GELU, patch conv with bias, no pre-norm, LayerNorm eps 1e-6)
+and ``clip-vit-b16`` (OpenAI CLIP's visual tower: QuickGELU, patch conv without bias, ``ln_pre`` after the
+position embedding, eps 1e-5; its weights load with :mod:`vpetl.backbones.clip`). CLIP's final ``proj``
+(768→512, to the joint image-text space) is not part of the backbone: the video heads of ST-Adapter and DualPath
+read the ``ln_post`` output."""
 
 from __future__ import annotations
 
@@ -32,12 +38,14 @@ class ImageViTConfig:
     in_chans: int = 3
     norm_eps: float = 1e-6
     pre_norm: bool = False  # CLIP's ln_pre
+    act: str = "gelu"  # "quick_gelu" for CLIP
+    patch_bias: bool = True  # CLIP's conv1 has no bias
 
 
 class PatchEmbed2D(nn.Module):
-    def __init__(self, patch: int, in_chans: int, dim: int) -> None:
+    def __init__(self, patch: int, in_chans: int, dim: int, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B·T, HW, C)
@@ -52,12 +60,15 @@ class FrameViT(Backbone):
         c = config
         self.num_features = c.embed_dim
         grid = c.img_size // c.patch_size
-        self.patch_embed = PatchEmbed2D(c.patch_size, c.in_chans, c.embed_dim)
+        self.patch_embed = PatchEmbed2D(c.patch_size, c.in_chans, c.embed_dim, bias=c.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, c.embed_dim))
         self.norm_pre = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
-            [ViTBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, qkv_layout="fused") for _ in range(c.depth)]
+            [
+                ViTBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, qkv_layout="fused", act=c.act)
+                for _ in range(c.depth)
+            ]
         )
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.apply(init_weights_vit)

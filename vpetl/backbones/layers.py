@@ -27,13 +27,26 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.reshape(*x.shape[:-2], -1)  # (..., N, C)
 
 
-class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2, with ``adapt_linear`` hooks after fc1 and fc2."""
+class QuickGELU(nn.Module):
+    """CLIP's activation ``x · sigmoid(1.702 x)`` (OpenAI CLIP ``model.py``; open_clip's ``QuickGELU``): CLIP
+    weights were trained with it, and the exact GELU differs by up to 0.02 per activation."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+class Mlp(nn.Module):
+    """fc1 -> activation (GELU, or CLIP's QuickGELU) -> fc2, with ``adapt_linear`` hooks after fc1 and fc2."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, h: Tensor, block: AdaptableBlock | None = None, ctx: BlockContext | None = None) -> Tensor:
@@ -96,14 +109,20 @@ class ViTBlock(AdaptableBlock):
     """Pre-norm transformer block: ``x + Attn(LN1(x))`` then ``x + MLP(LN2(x))``, with every hook in place."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6, qkv_layout: str = "separate"
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        qkv_layout: str = "separate",
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = ViTAttention(dim, num_heads, qkv_layout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self._init_adapters()
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:

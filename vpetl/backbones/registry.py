@@ -27,6 +27,11 @@ VIDEOMAE_SPEC = InputSpec(num_frames=16, sampling="dense", sampling_rate=4, size
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIT_SPEC = InputSpec(num_frames=8, sampling="uniform", sampling_rate=1, size=224, mean=CLIP_MEAN, std=CLIP_STD)
+# CLIP clips carry 16 frames spread over the video: DualPath's temporal path samples its own 16 (T_G = 1 frameset
+# of 4×4, its appendix Table A1) and its spatial path takes every other one (T_S = 8); ST-Adapter runs on any T.
+CLIP_SPEC = InputSpec(num_frames=16, sampling="uniform", sampling_rate=1, size=224, mean=CLIP_MEAN, std=CLIP_STD)
+# OpenAI CLIP's visual tower: QuickGELU, ln_pre, no bias on the patch conv, LayerNorm eps 1e-5.
+CLIP_VISUAL = {"pre_norm": True, "act": "quick_gelu", "patch_bias": False, "norm_eps": 1e-5}
 # The demo backbone's clips: 8 frames at stride 2, 64² (a 4×4×4 token grid). Small enough that `vpetl pretrain`
 # fits in ~4 minutes on 2 CPU cores and an experiment's 60+ adapter runs in ~30 (README, "Demo backbone").
 DEMO_SPEC = InputSpec(
@@ -135,6 +140,23 @@ def _vit_tiny(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
     return FrameViT(
         _config(ImageViTConfig, base, overrides),
         spec or InputSpec(num_frames=4, sampling="uniform", size=32, mean=CLIP_MEAN, std=CLIP_STD),
+    )
+
+
+@register_backbone(
+    "clip-vit-b16",
+    "OpenAI CLIP ViT-B/16 visual tower, per frame (QuickGELU, ln_pre, 85.8M params without the text projection)",
+)
+def _clip_vit_b16(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
+    return FrameViT(_config(ImageViTConfig, CLIP_VISUAL, overrides), spec or CLIP_SPEC)
+
+
+@register_backbone("clip-vit-tiny", "tiny CLIP-style per-frame ViT for tests (dim 64, depth 2, 16 frames of 32²)")
+def _clip_vit_tiny(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
+    base = {**CLIP_VISUAL, "embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": 32}
+    return FrameViT(
+        _config(ImageViTConfig, base, overrides),
+        spec or InputSpec(num_frames=16, sampling="uniform", size=32, mean=CLIP_MEAN, std=CLIP_STD),
     )
 
 

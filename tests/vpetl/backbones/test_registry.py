@@ -42,7 +42,8 @@ def clip(name: str, seed: int = 0) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- names, counts
 def test_spec_names_are_registered() -> None:
     names = list_backbones()
-    spec = {"videomae-b", "swin3d-b", "vit-b16", "videomae-tiny", "swin3d-tiny", "vit-tiny", "vpetl-demo"}
+    spec = {"videomae-b", "swin3d-b", "vit-b16", "clip-vit-b16", "videomae-tiny", "swin3d-tiny", "vit-tiny"}
+    spec |= {"clip-vit-tiny", "vpetl-demo"}
     assert spec <= set(names)
     assert all(isinstance(d, str) and d for d in names.values())
 
