@@ -9,6 +9,7 @@ from server.cli import backbone as _backbone  # noqa: F401  (registers `vpetl ba
 from server.cli import bench as _bench  # noqa: F401  (registers `vpetl bench`)
 from server.cli import data as _data  # noqa: F401  (registers `vpetl data …`)
 from server.cli import inspect as _inspect  # noqa: F401  (registers `vpetl inspect`)
+from server.cli import keys as _keys  # noqa: F401  (registers `vpetl keys …`, `vpetl audit`)
 from server.cli import interop as _interop  # noqa: F401  (registers `vpetl export hf|peft`, `vpetl import peft`)
 from server.cli import onnx as _onnx  # noqa: F401  (registers `vpetl export-onnx`)
 from server.cli import serve as _serve  # noqa: F401  (registers `vpetl serve`)
