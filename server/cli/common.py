@@ -1,8 +1,10 @@
-"""Helpers shared by the commands that load a backbone (serve, worker, up, train)."""
+"""Helpers shared by the commands that load a backbone (serve, worker, up, train) and that run uvicorn."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def resolve_checkpoint(
@@ -15,3 +17,17 @@ def resolve_checkpoint(
     from training.pretrain import ensure_demo_backbone
 
     return ensure_demo_backbone(data_dir / "backbones", progress=progress)
+
+
+def run_uvicorn(app: Any, *, on_ready: Callable[[], None] | None = None, **config: Any) -> None:
+    """``uvicorn.run(app, **config)``, calling ``on_ready`` once the app's lifespan has started and the socket
+    listens (the moment ``--json`` reports readiness: a client connecting after that line is served)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if on_ready is not None and not self.should_exit:
+                on_ready()
+
+    _Server(uvicorn.Config(app, **config)).run()
