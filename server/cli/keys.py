@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from server.cli.app import app, console, fail, print_json
 from vpetl.errors import VpetlError
@@ -86,7 +86,8 @@ def list_keys(redis_url: str | None = RedisOpt, data_dir: Path = DataDirOpt, as_
     if as_json:
         print_json({"keys": records})
         return
-    table = Table("prefix", "name", "state", "scopes", "tasks", "limits", "expires")
+    table = Table("name", "state", "scopes", "tasks", "limits", "expires")
+    table.columns.insert(0, Column("prefix", no_wrap=True))  # what `vpetl keys revoke` takes: never cut short
     for r in records:
         limits = ", ".join(f"{n}={r[n]:g}" for n in ("rps", "upload_mb_per_day", "jobs_per_hour") if r[n] is not None)
         table.add_row(r["prefix"], r["name"], r["state"], ",".join(r["scopes"]), ",".join(r["tasks"]), limits or "-",
