@@ -40,8 +40,12 @@ logger = logging.getLogger(__name__)
 FOLDED = ("bapat", "patt", "adaptmlp")
 
 
-def fold_inputs(src: str | os.PathLike[str], dst: str | os.PathLike[str], values: Mapping[str, np.ndarray],
-                metadata: Mapping[str, str]) -> None:
+def fold_inputs(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    values: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str],
+) -> None:
     """Copy the graph at ``src`` to ``dst`` with the named inputs turned into initializers and metadata updated."""
     import onnx
     from onnx import numpy_helper
@@ -62,7 +66,9 @@ def fold_inputs(src: str | os.PathLike[str], dst: str | os.PathLike[str], values
     onnx.save_model(proto, str(dst))
 
 
-def export_merged_onnx(backbone: Backbone, adapter: AdapterFile | bytes | str | Path, path: str | Path) -> dict[str, Any]:
+def export_merged_onnx(
+    backbone: Backbone, adapter: AdapterFile | bytes | str | Path, path: str | Path
+) -> dict[str, Any]:
     """Write the single-task graph of ``adapter`` on ``backbone`` to ``path`` (atomically).
 
     Returns the metadata written plus ``size``, ``path`` and ``merge`` (``weights`` or ``initializers``).
@@ -92,8 +98,11 @@ def export_merged_onnx(backbone: Backbone, adapter: AdapterFile | bytes | str | 
                 f"{', '.join(FOLDED)})"
             )
         # the merged backbone's graph takes only the head; a folded one takes every adapter input
-        feeds = {"head.weight": task.head_weight, "head.bias": task.head_bias} if how == "weights" else task_feeds(
-            layout, task)
+        feeds = (
+            {"head.weight": task.head_weight, "head.bias": task.head_bias}
+            if how == "weights"
+            else task_feeds(layout, task)
+        )
         values = {name: t.detach().float().numpy() for name, t in feeds.items()}
         metadata = {
             "backbone_sha256": backbone.sha256(),  # the frozen backbone (merged_copy rehashed its own copy)

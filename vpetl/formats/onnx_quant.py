@@ -127,7 +127,9 @@ def agreement(
         total += 1
         worst = max(worst, float(np.abs(got - want).max()))
     return {
-        "clips": total, "agree": agree, "agreement": agree / total if total else None,
+        "clips": total,
+        "agree": agree,
+        "agreement": agree / total if total else None,
         "max_abs_logit_diff": worst if total else None,
     }
 
@@ -136,8 +138,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The variant facts of a graph file: quant, merged task, family, size (for logs and the CLI)."""
     meta = _metadata(path)
     return {
-        "family": meta.get("family"), "quant": meta.get("quant", "fp32"), "merged_task": meta.get("merged_task"),
-        "inputs": len(json.loads(meta.get("input_names", "[]"))), "size": Path(path).stat().st_size,
+        "family": meta.get("family"),
+        "quant": meta.get("quant", "fp32"),
+        "merged_task": meta.get("merged_task"),
+        "inputs": len(json.loads(meta.get("input_names", "[]"))),
+        "size": Path(path).stat().st_size,
     }
 
 

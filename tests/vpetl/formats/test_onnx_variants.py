@@ -49,8 +49,11 @@ def test_int8_graph_is_smaller_keeps_the_metadata_and_tracks_torch(bapat_graph: 
     assert info["quant"] == "int8" and info["size"] < 0.75 * bapat_graph.stat().st_size  # ViT-B: 0.25 (BENCHMARKS)
     proto = onnx.load(str(tmp_path / "int8.onnx"))
     int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    float_matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"
-                     and any(i in {t.name for t in proto.graph.initializer} for i in n.input)]
+    float_matmuls = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "MatMul" and any(i in {t.name for t in proto.graph.initializer} for i in n.input)
+    ]
     # every backbone MatMul weight is int8 now (2 blocks × qkv, proj, fc1, fc2 + patch embed); none stays float
     assert len(int8) >= 2 * 4 and not float_matmuls
     runner = Runner(tmp_path / "int8.onnx", threads=2)
@@ -90,8 +93,9 @@ MERGED = [
 
 
 @pytest.mark.parametrize(("method", "options", "how"), MERGED, ids=[m[0] for m in MERGED])
-def test_merged_graph_takes_only_the_clip_and_matches_torch(tmp_path: Path, method: str, options: dict,
-                                                            how: str) -> None:
+def test_merged_graph_takes_only_the_clip_and_matches_torch(
+    tmp_path: Path, method: str, options: dict, how: str
+) -> None:
     model, data = make_adapter(method, options, task="solo", seed=2)
     backbone = create_backbone(TINY)
     info = export_merged_onnx(backbone, data, tmp_path / "merged.onnx")
