@@ -79,6 +79,7 @@ def test_ray_engine_serves_publishes_and_rolls_back(
             assert r3.json()["adapter_sha256"] == first.json()["sha256"]
             missing = client.post("/predict", params={"task": "nope"}, files=body)
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_task"
+            _keys_work_on_the_ingress(url, client, body)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -87,3 +88,31 @@ def test_ray_engine_serves_publishes_and_rolls_back(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def _keys_work_on_the_ingress(url: str, client: httpx.Client, body: dict[str, object]) -> None:
+    """API keys on the Ray engine: the ingress replicas run the same auth as the local server (issue 21)."""
+    from vpetl.store.apikeys import ApiKeyStore
+    from vpetl.store.clients import redis_client
+
+    store = ApiKeyStore(redis_client(url))
+    try:
+        token, record = store.create("ray device", ["predict"], ["demo"])
+        device = {"Authorization": f"Bearer {token}"}
+        t0 = time.monotonic()
+        while client.post("/predict", params={"task": "demo"}, files=body).status_code != 401:
+            assert time.monotonic() - t0 < 1.0, "the first key did not close the ingress to anonymous callers"
+            time.sleep(0.02)
+        r = client.post("/predict", params={"task": "demo"}, files=body, headers=device)
+        assert r.status_code == 200 and r.json()["version"] == 1, r.text
+        r = client.put("/adapters/demo", files={"adapter": ("a.safetensors", b"x")}, headers=device)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "insufficient_scope")
+        r = client.post("/predict", params={"task": "other"}, files=body, headers=device)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_task")  # outside its pattern
+        store.revoke(record.id)
+        t0 = time.monotonic()
+        while client.post("/predict", params={"task": "demo"}, files=body, headers=device).status_code != 403:
+            assert time.monotonic() - t0 < 1.0, "the revocation did not reach the ingress within a second"
+            time.sleep(0.02)
+    finally:
+        store.redis.close()
