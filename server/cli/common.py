@@ -21,8 +21,17 @@ def resolve_checkpoint(
 
 def run_uvicorn(app: Any, *, on_ready: Callable[[], None] | None = None, **config: Any) -> None:
     """``uvicorn.run(app, **config)``, calling ``on_ready`` once the app's lifespan has started and the socket
-    listens (the moment ``--json`` reports readiness: a client connecting after that line is served)."""
+    listens (the moment ``--json`` reports readiness: a client connecting after that line is served). With
+    ``on_ready``, uvicorn's access log goes to stderr too: stdout then carries only the caller's JSON lines."""
+    import copy
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    if on_ready is not None and "log_config" not in config:
+        log_config = copy.deepcopy(LOGGING_CONFIG)
+        log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # uvicorn's default is stdout
+        config["log_config"] = log_config
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:

@@ -10,24 +10,35 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 
-from server.cli.app import app, err_console, fail
+from server.cli.app import app, err_console, fail, print_json_line
 from server.settings import Settings, get_settings
 from vpetl.errors import InvalidRequest, VpetlError
 
 logger = logging.getLogger(__name__)
 
-Engine = Callable[[Settings, str], None]
+# (settings, log level, ready): ``ready(line)`` is called once the API answers (``--json`` prints the line)
+Engine = Callable[[Settings, str, "Ready | None"], None]
+Ready = Callable[[dict[str, Any]], None]
 
 
-def serve_local(settings: Settings, log_level: str) -> None:
+def _ready_line(settings: Settings, engine: str, backbone: str, sha256: str | None) -> dict[str, Any]:
+    url = f"http://{settings.host}:{settings.port}"
+    return {
+        "event": "ready", "url": url, "ui": f"{url}/ui/", "docs": f"{url}/docs", "engine": engine,
+        "backbone": backbone, "backbone_sha256": sha256, "replicas": settings.replicas if engine == "ray" else 1,
+        "dtype": settings.dtype, "auth": bool(settings.admin_token),
+    }  # fmt: skip
+
+
+def serve_local(settings: Settings, log_level: str, ready: Ready | None = None) -> None:
     """uvicorn in this process, one predictor (the micro-batcher mixes tasks within it)."""
-    import uvicorn  # heavy imports only once a command runs
-
     from server.app import build_app
+    from server.cli.common import run_uvicorn
     from server.services import create_services, redact_url
 
     try:
@@ -40,7 +51,8 @@ def serve_local(settings: Settings, log_level: str) -> None:
             f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs)",
             soft_wrap=True,
         )
-        config = uvicorn.Config(
+        line = _ready_line(settings, "local", services.backbone.name, services.identity.sha256)
+        run_uvicorn(
             build_app(services),
             host=settings.host,
             port=settings.port,
@@ -48,13 +60,13 @@ def serve_local(settings: Settings, log_level: str) -> None:
             timeout_graceful_shutdown=5,
             lifespan="on",
             limit_concurrency=settings.limit_concurrency,  # beyond it uvicorn answers 503 before any app code
+            on_ready=(lambda: ready(line)) if ready else None,
         )
-        uvicorn.Server(config).run()
     finally:
         services.close()
 
 
-def serve_ray(settings: Settings, log_level: str) -> None:
+def serve_ray(settings: Settings, log_level: str, ready: Ready | None = None) -> None:
     """Ray Serve: an ingress deployment (the same FastAPI app) and ``--replicas`` predictor replicas, each with its
     own mixed-task micro-batcher. Joins the cluster at ``RAY_ADDRESS`` if set, else starts a local Ray."""
     import os
@@ -76,7 +88,7 @@ def serve_ray(settings: Settings, log_level: str) -> None:
     if settings.admin_token:  # replicas read secrets from their environment, never from the app's args
         os.environ["VPETL_ADMIN_TOKEN"] = settings.admin_token
     try:
-        _register_backbone(settings)  # here, where the checkpoint is: replicas load it from Redis
+        registered = _register_backbone(settings)  # here, where the checkpoint is: replicas load it from Redis
         settings = settings.model_copy(update={"checkpoint": None})
         address = os.environ.get("RAY_ADDRESS")
         # A local Ray instance sized for the most replicas autoscaling may start, not only the first ones.
@@ -95,6 +107,8 @@ def serve_ray(settings: Settings, log_level: str) -> None:
             f"predictor replica(s), redis {redact_url(str(settings.redis_url))}; API docs at /docs)",
             soft_wrap=True,
         )
+        if ready is not None:  # serve.run returned: the ingress and the predictor replicas are up
+            ready(_ready_line(settings, "ray", settings.backbone, registered))
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -108,8 +122,9 @@ def serve_ray(settings: Settings, log_level: str) -> None:
                 embedded.stop()
 
 
-def _register_backbone(settings: Settings) -> None:
-    """Resolve (and, on first start, register) the deployment's backbone in Redis, or refuse to start."""
+def _register_backbone(settings: Settings) -> str:
+    """Resolve (and, on first start, register) the deployment's backbone in Redis, or refuse to start; returns
+    its sha256."""
     from vpetl.backbones.identity import resolve_backbone
     from vpetl.store.adapters import redis_client
     from vpetl.store.backbones import BackboneRegistry, describe
@@ -120,6 +135,7 @@ def _register_backbone(settings: Settings) -> None:
             settings.backbone, settings.checkpoint, BackboneRegistry(client), settings.data_dir / "backbones"
         )
         logger.info("deployment backbone: %s", describe(record))
+        return record.sha256
     except VpetlError as e:
         fail(e)
     finally:
@@ -188,6 +204,9 @@ def serve(
         None, help="bearer token for write routes (prefer env VPETL_ADMIN_TOKEN: flags show up in `ps`)"
     ),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
+    as_json: bool = typer.Option(
+        False, "--json", help="JSON lines on stdout: one once the API answers (url, engine, backbone), one on stop"
+    ),
 ) -> None:
     """Serve the HTTP API (predict, adapters, datasets, backbone, health, metrics)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -212,4 +231,14 @@ def serve(
         settings = settings.model_copy(update={"checkpoint": ckpt})
     except VpetlError as e:
         fail(e)
-    ENGINES[settings.engine](settings, log_level.lower())
+    announced: list[dict[str, Any]] = []
+
+    def announce(line: dict[str, Any]) -> None:
+        print_json_line(line)
+        announced.append(line)
+
+    try:
+        ENGINES[settings.engine](settings, log_level.lower(), announce if as_json else None)
+    finally:
+        if announced:  # here: on Ctrl-C uvicorn re-raises the signal once it has shut down
+            print_json_line({"event": "stopped", "engine": settings.engine})
