@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from server.cli.app import app, console, fail
+from server.cli.app import app, console, err_console, fail, print_json_line
 from vpetl.errors import VpetlError
 
 DEMO_TASKS = {"synthetic-temporal": "temporal", "synthetic-appearance": "appearance"}
@@ -26,7 +26,8 @@ DEMO_EPOCHS = 8
 
 
 def _demo_adapter(
-    backbone: Any, store: Any, task: str, preset: str, data_dir: Path, *, clips_per_class: int, epochs: int
+    backbone: Any, store: Any, task: str, preset: str, data_dir: Path, *, clips_per_class: int, epochs: int,
+    out: Any = console,
 ) -> None:
     """Train and publish one demo task unless the store already has a version for this backbone."""
     from training.trainer import TrainConfig, train_adapter
@@ -39,11 +40,11 @@ def _demo_adapter(
 
     try:
         if store.get_record(task).backbone_sha256 == backbone.sha256():
-            console.print(f"  {task}: adapter v{store.get_pointer(task)} cached")
+            out.print(f"  {task}: adapter v{store.get_pointer(task)} cached")
             return
     except UnknownTask:
         pass
-    console.print(f"  {task}: generating the synthetic [cyan]{preset}[/] dataset and training BAPAT …")
+    out.print(f"  {task}: generating the synthetic [cyan]{preset}[/] dataset and training BAPAT …")
     root = synthesize(
         preset,
         data_dir / "demo-data" / preset,
@@ -63,13 +64,14 @@ def _demo_adapter(
         seed=0,
     )
     result = train_adapter(
-        backbone, make_config("bapat", bottleneck=32, mlp_bottleneck=32), train, val, config, task=task, progress=True
+        backbone, make_config("bapat", bottleneck=32, mlp_bottleneck=32), train, val, config, task=task,
+        progress=out is console,  # --json: no bars
     )
     data = adapter_bytes(
         result.model, task=task, labels=result.labels, metrics={k: v for k, v in result.metrics.items() if v == v}
     )
     record = store.publish(task, data, record_meta(result, backbone))
-    console.print(f"  {task}: published v{record.version} (val top-1 {result.metrics.get('top1', 0):.2f})")
+    out.print(f"  {task}: published v{record.version} (val top-1 {result.metrics.get('top1', 0):.2f})")
 
 
 def _sample_clip(data_dir: Path) -> Path | None:
@@ -92,13 +94,15 @@ def up(
         DEMO_CLIPS_PER_CLASS, "--demo-clips-per-class", min=2, help="synthetic clips per class of each demo task"
     ),
     demo_epochs: int = typer.Option(DEMO_EPOCHS, "--demo-epochs", min=1, help="training epochs of each demo task"),
+    as_json: bool = typer.Option(
+        False, "--json", help="JSON lines on stdout (one when serving, one when stopped); progress on stderr, no bars"
+    ),
 ) -> None:
     """Start vpetl with everything embedded: Redis, the demo backbone, two demo tasks, the local engine."""
     import torch
-    import uvicorn
 
     from server.app import build_app
-    from server.cli.common import resolve_checkpoint
+    from server.cli.common import resolve_checkpoint, run_uvicorn
     from server.services import create_services
     from server.settings import get_settings
     from training.worker import Worker
@@ -110,36 +114,38 @@ def up(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
+    out = err_console if as_json else console  # --json: stdout carries only the JSON lines
     torch.set_num_threads(2)
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         settings = get_settings(host=host, port=port, data_dir=data_dir, backbone="vpetl-demo")
         settings.check_bind()
-        console.print(f"[bold]vpetl up[/] — data in {data_dir.resolve()}")
+        out.print(f"[bold]vpetl up[/] — data in {data_dir.resolve()}")
         redis_server = EmbeddedRedis(data_dir / "redis").start()
     except VpetlError as e:
         fail(e)
     stop = threading.Event()
     services = None
+    announced: list[dict[str, Any]] = []  # the --json ready line, once printed
     try:
-        console.print("[bold]1/3[/] demo backbone")
-        checkpoint = resolve_checkpoint("vpetl-demo", None, data_dir, progress=True)
+        out.print("[bold]1/3[/] demo backbone")
+        checkpoint = resolve_checkpoint("vpetl-demo", None, data_dir, progress=not as_json)
         backbone = create_backbone("vpetl-demo", checkpoint=checkpoint)
-        console.print(f"  vpetl-demo ready ({backbone.num_params():,} parameters, sha256 {backbone.sha256()[:12]}…)")
-        console.print("[bold]2/3[/] demo tasks")
+        out.print(f"  vpetl-demo ready ({backbone.num_params():,} parameters, sha256 {backbone.sha256()[:12]}…)")
+        out.print("[bold]2/3[/] demo tasks")
         client = redis_client(redis_server.url)
         registry = BackboneRegistry(client)
         registered = registry.get()
         if registered is not None and registered.sha256 != backbone.sha256():
             # a newer demo backbone (a new pretraining recipe): this embedded deployment follows it, and the
             # demo tasks below are retrained for it
-            console.print(f"  replacing the registered backbone {describe(registered)}")
+            out.print(f"  replacing the registered backbone {describe(registered)}")
             registry.unregister()
         store = AdapterStore(client)
         for task, preset in DEMO_TASKS.items():
             _demo_adapter(backbone, store, task, preset, data_dir, clips_per_class=demo_clips_per_class,
-                          epochs=demo_epochs)  # fmt: skip
-        console.print("[bold]3/3[/] server")
+                          epochs=demo_epochs, out=out)  # fmt: skip
+        out.print("[bold]3/3[/] server")
         settings = settings.model_copy(update={"redis_url": redis_server.url, "checkpoint": checkpoint})
         services = create_services(settings)
         if not no_worker:
@@ -147,19 +153,31 @@ def up(
             threading.Thread(target=worker.run, kwargs={"stop": stop}, daemon=True, name="vpetl-worker").start()
         sample = _sample_clip(data_dir)
         base = f"http://{host}:{port}"
-        console.print(
+        out.print(
             f"\n[bold green]ready[/] in {time.perf_counter() - started:.0f} s — {base} (API docs: {base}/docs)"
         )
         if sample is not None:
-            console.print(f"sample clip: {sample}", soft_wrap=True)
-            console.print(f'  curl -F clip=@{sample} "{base}/predict?task=synthetic-appearance"', soft_wrap=True)
-            console.print(
+            out.print(f"sample clip: {sample}", soft_wrap=True)
+            out.print(f'  curl -F clip=@{sample} "{base}/predict?task=synthetic-appearance"', soft_wrap=True)
+            out.print(
                 f"  .venv/bin/vpetl-edge predict {sample} --task synthetic-appearance --server {base}", soft_wrap=True
             )
-        console.print("Ctrl-C to stop.\n")
-        uvicorn.run(
+        out.print("Ctrl-C to stop.\n")
+        def announce(line: dict[str, Any]) -> None:
+            print_json_line(line)
+            announced.append(line)
+
+        ready = {
+            "event": "ready", "url": base, "ui": f"{base}/ui/", "docs": f"{base}/docs", "engine": "local",
+            "backbone": "vpetl-demo", "backbone_sha256": backbone.sha256(), "tasks": sorted(DEMO_TASKS),
+            "worker": not no_worker, "sample_clip": str(sample) if sample else None,
+            "data_dir": str(data_dir.resolve()),
+        }  # fmt: skip
+        run_uvicorn(
             build_app(services), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
             limit_concurrency=settings.limit_concurrency,  # beyond it uvicorn answers 503 before any app code
+            on_ready=(lambda: announce({**ready, "seconds": round(time.perf_counter() - started, 1)}))
+            if as_json else None,
         )  # fmt: skip
     except VpetlError as e:
         fail(e)
@@ -168,3 +186,5 @@ def up(
         if services is not None:
             services.close()
         redis_server.stop()
+        if announced:  # here, not after uvicorn returns: on Ctrl-C uvicorn re-raises the signal once it has shut down
+            print_json_line({"event": "stopped"})

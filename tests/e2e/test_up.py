@@ -54,14 +54,35 @@ def _seed_backbone_cache(data_dir: Path) -> str:
     return backbone.sha256()
 
 
-def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, port: int, log: Path, json_out: Path | None = None) -> subprocess.Popen[bytes]:
+    """``vpetl up`` logging to ``log``; with ``json_out``, ``--json`` and its stdout (JSON lines only) there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPETL_")}
     with log.open("ab") as fh:
         # a tiny demo (the defaults train 24 clips per class for 8 epochs: minutes on 2 cores)
         cmd = [str(BIN / "vpetl"), "up", "--data-dir", str(data_dir), "--port", str(port),
-               "--demo-clips-per-class", "4", "--demo-epochs", "1"]  # fmt: skip
-        return subprocess.Popen(cmd,
-                                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+               "--demo-clips-per-class", "4", "--demo-epochs", "1"] + (["--json"] if json_out else [])  # fmt: skip
+        out = json_out.open("wb") if json_out else fh
+        try:
+            return subprocess.Popen(cmd, stdout=out, stderr=fh if json_out else subprocess.STDOUT, env=env,
+                                    start_new_session=True)  # fmt: skip
+        finally:
+            if json_out:
+                out.close()
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _wait_json_ready(proc: subprocess.Popen[bytes], path: Path, log: Path, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        lines = _json_lines(path) if path.exists() else []
+        if lines:
+            return lines[0]
+        time.sleep(0.2)
+    pytest.fail("vpetl up --json printed no ready line:\n" + log.read_text()[-3000:])
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, timeout: float) -> None:
@@ -110,9 +131,15 @@ def test_vpetl_up_first_run_then_restart_from_cache(tmp_path: Path) -> None:
         _stop(proc)
 
     mark = len(log.read_text())
-    proc = _start(data_dir, port, log)
+    json_out = tmp_path / "up.jsonl"
+    proc = _start(data_dir, port, log, json_out)  # the restart with --json: stdout is JSON lines only
     try:
-        _wait_ready(proc, base, log, timeout=120)
+        ready = _wait_json_ready(proc, json_out, log, timeout=120)
+        # the line comes once the server answers: ready right away, no polling needed
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+        assert ready["event"] == "ready" and ready["url"] == base and ready["ui"] == base + "/ui/"
+        assert ready["backbone_sha256"] == sha and ready["tasks"] == sorted(tasks)
+        assert Path(ready["sample_clip"]).is_file()
         second_out = log.read_text()[mark:]
         # from the cache: both adapters found in Redis's AOF, nothing generated or trained again
         assert second_out.count("cached") >= 2 and "training BAPAT" not in second_out, second_out
@@ -123,3 +150,4 @@ def test_vpetl_up_first_run_then_restart_from_cache(tmp_path: Path) -> None:
         assert again.json()["adapter_sha256"] == first.json()["adapter_sha256"]
     finally:
         _stop(proc)
+    assert [line["event"] for line in _json_lines(json_out)] == ["ready", "stopped"]
