@@ -81,3 +81,12 @@ def test_config_written_before_dropout_existed_still_reads() -> None:
     assert cfg.dropout == 0.0 and cfg.targets == ("q", "v")
     with pytest.raises(IncompatibleAdapter, match="unknown key"):
         LoraConfig.from_dict({**old, "lora_dropout": 0.1}, error=IncompatibleAdapter)
+
+
+def test_train_cli_options_reach_the_config() -> None:
+    """``vpetl train --method lora --option targets=q,v,fc1 --option dropout=0.1`` (the README's line)."""
+    from server.cli.train import method_options
+
+    options = method_options("lora", 8, None, None, ["targets=q,v,fc1", "dropout=0.1"], False)
+    cfg = make_config("lora", **options)
+    assert cfg.targets == ("q", "v", "fc1") and cfg.dropout == 0.1 and cfg.rank == 8
