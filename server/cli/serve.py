@@ -201,7 +201,7 @@ def serve(
     max_upload_mb: float | None = typer.Option(None, help="clip upload limit, MiB (default: 64)"),
     max_adapter_mb: float | None = typer.Option(None, help="adapter upload limit, MiB (default: 64)"),
     admin_token: str | None = typer.Option(
-        None, help="bearer token for write routes (prefer env VPETL_ADMIN_TOKEN: flags show up in `ps`)"
+        None, help="bootstrap admin token, every scope and task (prefer env VPETL_ADMIN_TOKEN: flags show in `ps`)"
     ),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
     as_json: bool = typer.Option(
