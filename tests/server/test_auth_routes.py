@@ -209,6 +209,8 @@ def test_key_management_validates_and_never_shows_a_secret(world: World) -> None
     listing = world.admin.get("/keys").text
     assert not any(token in listing for token in world.keys.values())
     assert "secret_sha256" not in listing
+    assert world.admin.get("/audit", params={"task": "a" * 65}).status_code == 422
+    assert world.admin.get("/audit", params={"task": "a..b"}).status_code == 422
     assert (world.admin.delete("/keys/0123456789ab").status_code, world.admin.delete("/keys/zz").status_code) == (
         404, 422,
     )  # fmt: skip
