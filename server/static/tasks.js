@@ -32,7 +32,7 @@ export async function tasksPage(main, params, ctx) {
   const form = el(
     "form",
     {
-      class: "toolbar",
+      class: "filter",
       onsubmit: (event) => {
         event.preventDefault();
         const value = filter.value.trim();
@@ -77,11 +77,10 @@ export async function tasksPage(main, params, ctx) {
   }
   main.replaceChildren(
     el("h1", {}, "Tasks"),
-    form,
+    el("div", { class: "toolbar" }, form, nav),
     page.adapters.length
       ? table(["task", "version", "method", "trainable params", "size", "val top-1", "versions", "updated"], rows, { id: "tasks-table" })
       : el("p", { class: "muted", id: "no-tasks" }, prefix ? `No task starts with "${prefix}".` : "No task is published yet."),
-    nav,
   );
 }
 

@@ -157,8 +157,8 @@ def test_try_it_shows_predicts_top1(page: Any, server: ServerProcess, http: http
         bars = page.find_elements("css selector", "#try-result svg.bars rect")
         assert len(bars) == len(expected["predictions"])
         assert len(page.find_elements("css selector", "#try-timing td")) == 4
+        shot(page, "try-result")
         page.execute_script("document.getElementById('try-result').replaceChildren()")
-    shot(page, "try-result")
     assert console_errors(page) == []
 
 
@@ -384,6 +384,7 @@ def test_a_thousand_tasks_are_paged(page: Any, server: ServerProcess, http: http
     assert text_of(page, "#page-range") == f"1–50 of {total:,} tasks"
     first_page = [r.get_attribute("data-task") for r in rows]
     assert first_page == [a["task"] for a in http.get("/adapters", params={"limit": 50}).json()["adapters"]]
+    shot(page, "tasks-1000")
     page.find_element("id", "page-next").click()
     wait_for("page 2", lambda: text_of(page, "#page-range") == f"51–100 of {total:,} tasks")
     second = [r.get_attribute("data-task") for r in page.find_elements("css selector", "#tasks-table tbody tr")]
@@ -397,5 +398,4 @@ def test_a_thousand_tasks_are_paged(page: Any, server: ServerProcess, http: http
     box.send_keys("bulk-09")
     box.submit()
     wait_for("the filtered page", lambda: text_of(page, "#page-range") == "1–50 of 100 tasks")
-    shot(page, "tasks-1000")
     assert console_errors(page) == []
