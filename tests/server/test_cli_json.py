@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,3 +54,33 @@ def test_serve_json_reports_ready_then_stopped(redis_server_url: str, tmp_path: 
         flush(url)
     assert rest.splitlines() and all(line.startswith(b"{") for line in rest.splitlines()), rest[-2000:]
     assert [json.loads(line) for line in rest.splitlines()] == [{"event": "stopped", "engine": "local"}]
+
+
+def _leaves(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if hasattr(command, "commands"):  # a group: its sub-commands
+        for name, sub in command.commands.items():
+            yield from _leaves(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_command_takes_json() -> None:
+    """README: "Every command takes `--json`". Each leaf command of `vpetl` and `vpetl-edge`, walked from the typer
+    apps themselves (a new command without the flag fails here)."""
+    import typer
+
+    from edge_client.cli import app as edge_app
+    from server.cli import app
+
+    # `vpetl bench NAME ARGS…` hands its extra args to the benchmark script, which takes --json itself
+    passthrough = {("vpetl", "bench")}
+    seen, missing = 0, []
+    for root, typer_app in (("vpetl", app), ("vpetl-edge", edge_app)):
+        for path, command in _leaves(typer.main.get_command(typer_app)):
+            seen += 1
+            if (root, *path) in passthrough:
+                assert command.context_settings.get("allow_extra_args"), path
+                continue
+            if not any("--json" in param.opts for param in command.params):
+                missing.append(" ".join((root, *path)))
+    assert seen >= 25 and missing == []
