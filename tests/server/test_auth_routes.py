@@ -114,6 +114,8 @@ ROUTES = [
     Route("GET", "/backbone", None, lambda c, w, t: c.get("/backbone"), tasked=False),
     Route("GET", "/backbone/onnx", None, lambda c, w, t: c.get("/backbone/onnx", params={"family": "linear"}),
           tasked=False),
+    Route("GET", "/backbone/onnx/agreement", "read",
+          lambda c, w, t: c.get("/backbone/onnx/agreement", params={"task": t, "quant": "int8"})),
     Route("GET", "/metrics", "admin", lambda c, w, t: c.get("/metrics"), tasked=False),
     Route("POST", "/keys", "admin", lambda c, w, t: c.post("/keys", json={"name": "made", "scopes": ["read"]}),
           tasked=False, ok=201),
@@ -264,7 +266,8 @@ def test_state_changes_are_audited_with_the_key_prefix(world: World) -> None:
         ("PUT", "/adapters/{task}", OUTSIDE, 404),
         ("POST", "/adapters/{task}/rollback", INSIDE, 200),
     ]  # newest first; /predict is not a state change
-    assert any(e["route"] == "/keys" and e["key"] == "admin" for e in entries)
+    made = [e for e in entries if e["route"] == "/keys" and e["method"] == "POST"]
+    assert made[0]["key"] == "admin" and made[0]["path"] == f"/keys/{key['key']['id']}" and made[0]["status"] == 201
     assert key["token"] not in world.admin.get("/audit").text
     only = world.admin.get("/audit", params={"task": OUTSIDE}).json()["entries"]
     assert only and all(e["task"] == OUTSIDE for e in only)
