@@ -182,3 +182,26 @@ def test_agreement_on_the_tasks_validation_clips(client: TestClient, clips: dict
     assert merged["agree"] == 4 and merged["max_abs_logit_diff"] < 1e-4  # folding changes no prediction
     response = client.get("/backbone/onnx/agreement?task=agree&quant=fp32")
     assert response.status_code == 422 and error_code(response) == "invalid_request"
+
+
+def test_export_onnx_quantize_and_merge(tmp_path: Path) -> None:
+    from server.cli import app
+    from tests.server.conftest import make_adapter
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    base = ["export-onnx", "--backbone", BACKBONE, "--json"]
+    assert CliRunner().invoke(app, [*base, "--out", str(fp32)]).exit_code == 0
+    result = CliRunner().invoke(app, [*base, "--out", str(int8), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["quant"] == "int8" and info["size"] == int8.stat().st_size and info["fp32_size"] > info["size"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("fp32.onnx", "int8.onnx")]  # no temp left
+    adapter = tmp_path / "a.safetensors"
+    adapter.write_bytes(make_adapter("solo", seed=5))
+    merged = tmp_path / "merged.onnx"
+    result = CliRunner().invoke(app, [*base, "--out", str(merged), "--adapter", str(adapter), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["merged_task"] == "solo" and info["quant"] == "int8" and json.loads(info["input_names"]) == ["clip"]
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x.onnx"), "--quantize", "int4"])
+    assert bad.exit_code != 0 and "invalid_request" in bad.output and not (tmp_path / "x.onnx").exists()
