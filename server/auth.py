@@ -245,7 +245,8 @@ class Authenticator:
         task = scope.get("path_params", {}).get("task") or state.get("audit_task") or ""
         entry = {
             "ts": round(time.time(), 3), "key": principal.label, "method": str(scope.get("method", "")),
-            "route": route, "path": str(scope.get("path", ""))[:200], "task": task, "status": status,
+            "route": route, "path": str(state.get("audit_path") or scope.get("path", ""))[:200], "task": task,
+            "status": status,
             "request_id": str(state.get("request_id", "")),
         }  # fmt: skip
         await self.limits.audit(entry, self.settings.audit_max_len)

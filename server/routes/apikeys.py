@@ -92,7 +92,7 @@ async def create_key(request: Request, services: ServicesDep) -> KeyCreated:
     fields = body.model_dump()
     name, scopes, tasks = fields.pop("name"), fields.pop("scopes"), fields.pop("tasks")
     token, record = await asyncio.to_thread(_keys(services).create, name, scopes, tasks, **fields)
-    request.state.audit_task = ""
+    request.state.audit_path = f"/keys/{record.id}"  # the audit entry names the key it made (never the token)
     return KeyCreated(token=token, key=KeyInfo.model_validate(record.public()))
 
 
