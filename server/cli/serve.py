@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from server.cli.app import app, err_console, fail, print_json_line
+from server.cli.app import app, err_console, fail, print_json_line, reserve_stdout_for_json
 from server.settings import Settings, get_settings
 from vpetl.errors import InvalidRequest, VpetlError
 
@@ -209,6 +209,8 @@ def serve(
     ),
 ) -> None:
     """Serve the HTTP API (predict, adapters, datasets, backbone, health, metrics)."""
+    if as_json:
+        reserve_stdout_for_json()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = get_settings(

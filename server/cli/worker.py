@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from server.cli.app import app, console, fail, print_json_line
+from server.cli.app import app, console, fail, print_json_line, reserve_stdout_for_json
 from vpetl.errors import VpetlError
 
 
@@ -64,6 +64,8 @@ def worker(
     from vpetl.store.backbones import BackboneRegistry
     from vpetl.store.jobs import JobQueue, default_consumer_name
 
+    if as_json:
+        reserve_stdout_for_json()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     try:

@@ -3,6 +3,7 @@ with task affinity on (``VPETL_RAY_AFFINITY=1``): a task's requests keep going t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,9 +28,10 @@ def test_ray_engine_serves_publishes_and_rolls_back(
     env.update({"VPETL_TORCH_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                 "VPETL_RAY_AFFINITY": "1"})
     cmd = [vpetl_executable(), "serve", "--engine", "ray", "--port", str(port), "--redis-url", url,
-           "--backbone", BACKBONE, "--data-dir", str(tmp_path), "--max-wait-ms", "20", "--replicas", "2"]
+           "--backbone", BACKBONE, "--data-dir", str(tmp_path), "--max-wait-ms", "20", "--replicas", "2", "--json"]
     log = (tmp_path / "ray.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    json_out = (tmp_path / "ray.jsonl").open("wb")  # --json: stdout holds JSON lines only, logs go to stderr
+    proc = subprocess.Popen(cmd, stdout=json_out, stderr=log, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -44,6 +46,7 @@ def test_ray_engine_serves_publishes_and_rolls_back(
         else:
             pytest.fail("ray engine not ready:\n" + (tmp_path / "ray.log").read_text()[-3000:])
         with httpx.Client(base_url=base, timeout=60) as client:
+            _ready_line_and_console(tmp_path / "ray.jsonl", base, client)
             first = client.put("/adapters/demo", files={"adapter": ("a.safetensors", make_adapter("demo", seed=1))})
             assert first.status_code == 201, first.text
             body = {"clip": ("c.mp4", clips["ok"], "video/mp4")}
@@ -88,6 +91,24 @@ def test_ray_engine_serves_publishes_and_rolls_back(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        json_out.close()
+    events = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["ready", "stopped"]
+
+
+def _ready_line_and_console(path: Path, base: str, client: httpx.Client) -> None:
+    """``--json`` on the Ray engine: the ready line once ``serve.run`` returned; the web console is served by the
+    ingress like every other route."""
+    deadline = time.monotonic() + 30
+    while not path.read_text().strip():
+        assert time.monotonic() < deadline, "no --json ready line"
+        time.sleep(0.2)
+    ready = json.loads(path.read_text().splitlines()[0])
+    assert ready["event"] == "ready" and ready["engine"] == "ray" and ready["url"] == base
+    assert ready["replicas"] == 2 and ready["backbone_sha256"] == client.get("/backbone").json()["sha256"]
+    page = client.get("/ui/")
+    assert page.status_code == 200 and 'src="app.js"' in page.text
+    assert client.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
 
 
 def _keys_work_on_the_ingress(url: str, client: httpx.Client, body: dict[str, object]) -> None:
