@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from server.cli.app import app, console, err_console, fail, print_json_line
+from server.cli.app import app, console, err_console, fail, print_json_line, reserve_stdout_for_json
 from vpetl.errors import VpetlError
 
 DEMO_TASKS = {"synthetic-temporal": "temporal", "synthetic-appearance": "appearance"}
@@ -112,6 +112,8 @@ def up(
     from vpetl.store.backbones import BackboneRegistry, describe
     from vpetl.store.jobs import JobQueue
 
+    if as_json:
+        reserve_stdout_for_json()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     out = err_console if as_json else console  # --json: stdout carries only the JSON lines
