@@ -399,3 +399,30 @@ def test_a_thousand_tasks_are_paged(page: Any, server: ServerProcess, http: http
     box.submit()
     wait_for("the filtered page", lambda: text_of(page, "#page-range") == "1–50 of 100 tasks")
     assert console_errors(page) == []
+
+
+def test_open_mode_writes_pass_the_loopback_guard(browser: Any, redis_server_url: str, tmp_path: Path) -> None:
+    """A server with no token (``vpetl up``): the console's own writes carry its origin, which the loopback guard
+    accepts, so a rollback needs no token and no prompt."""
+    url = db_url(redis_server_url, 15)
+    flush(url)
+    args = ["--redis-url", url, "--backbone", BACKBONE, "--data-dir", str(tmp_path / "data")]
+    proc = ServerProcess(args, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(base_url=proc.url, timeout=30.0) as client:
+            for seed in (1, 2):
+                r = client.put("/adapters/open", content=make_adapter("open", seed=seed), headers=OCTET)
+                assert r.status_code == 201, r.text
+            browser.get(proc.url + "/ui/")
+            browser.execute_script("sessionStorage.clear()")
+            console_errors(browser)
+            open_page(browser, proc, "task/open", "button.rollback[data-version='1']")
+            browser.find_element("css selector", "button.rollback[data-version='1']").click()
+            browser.find_element("id", "confirm-ok").click()
+            wait_for("v1 serving", lambda: text_of(browser, "#current-version") == "v1")
+            assert not dialog_open(browser, "token-dialog")
+            assert client.get("/adapters/open").json()["version"] == 1
+            assert console_errors(browser) == []
+    finally:
+        proc.stop()
+        flush(url)
