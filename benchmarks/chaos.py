@@ -253,7 +253,7 @@ async def _uploader(client: httpx.AsyncClient, clips: list[bytes], run: Run, sto
 async def _load(base: str, clip: bytes, bodies: dict[str, bytes], uploads: list[bytes], clients: int, run: Run,
                 stop: threading.Event) -> None:  # fmt: skip
     limits = httpx.Limits(max_connections=clients + HOSTILE + 4, max_keepalive_connections=clients + HOSTILE + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits, headers=AUTH) as client:  # every route
         jobs = [_good(client, clip, random.Random(i), run, stop) for i in range(clients)]
         jobs += [_hostile(client, bodies, i, run, stop) for i in range(HOSTILE)]
         await asyncio.gather(*jobs, _uploader(client, uploads, run, stop))
@@ -375,7 +375,7 @@ def chaos(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             workers.start(name)
         server.wait_ready()
         assert server.proc is not None
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as http:  # reads need the token too
             setup(http, tmp, workers)
             for task in TASKS:  # cached and a decoder spawned: the idle RSS is the warm server's
                 assert http.post("/predict", params={"task": task}, content=good_clip, headers=MP4).status_code == 200

@@ -172,7 +172,8 @@ class Load:
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
 
     def _loop(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=60) as client:
+        # every route needs the token once one is configured (issue 21), /predict included
+        with httpx.Client(base_url=self.base, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             while not self.stop.is_set():
                 sent = time.monotonic()
                 try:
