@@ -11,7 +11,7 @@ from vpetl.petl.linear import LinearConfig
 from vpetl.petl.lora import LoraConfig
 from vpetl.petl.model import PetlModel, as_method_config, create_model
 from vpetl.petl.patt import PattConfig
-from vpetl.petl.prefix import PrefixConfig
+from vpetl.petl.prefix import PrefixConfig, PrefixPlainConfig
 from vpetl.petl.registry import get_method, list_methods, make_config, method_config_from_dict, register_method
 from vpetl.petl.st_adapter import StAdapterConfig
 from vpetl.petl.vpt import VptConfig
@@ -30,6 +30,7 @@ __all__ = [
     "PattConfig",
     "PetlModel",
     "PrefixConfig",
+    "PrefixPlainConfig",
     "StAdapterConfig",
     "VptConfig",
     "as_method_config",

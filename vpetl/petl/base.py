@@ -171,6 +171,7 @@ class Method:
         description: one line for listings.
         servable: False for methods whose result is a whole model (full fine-tuning), never an adapter.
         families: backbone families it supports (``video_vit``, ``swin3d``, ``image_vit``); None = all.
+        default_backbone: the backbone the method's paper ran on, where vpetl has it (listed by ``vpetl inspect``).
         unsupported_reason: why the other families are refused.
         instead: what to use on a refused backbone.
     """
@@ -180,6 +181,7 @@ class Method:
     description: ClassVar[str] = ""
     servable: ClassVar[bool] = True
     families: ClassVar[tuple[str, ...] | None] = None
+    default_backbone: ClassVar[str | None] = None
     unsupported_reason: ClassVar[str] = ""
     instead: ClassVar[str] = ""
 

@@ -1,5 +1,6 @@
-"""ST-Adapter (Pan et al., 2022; PETL_SPEC A.9 / B.4) on the per-frame image ViT: on the patch tokens only,
-``x_patch += fc2(DWConv3D_(k,1,1)(fc1(x_patch)))`` with no activation, LN or scale; the CLS token passes unchanged.
+"""ST-Adapter (Pan et al., 2022; PETL_SPEC A.9 / B.4) on the per-frame image ViT (``clip-vit-b16``, the paper's
+CLIP ViT-B/16, by default): on the patch tokens only, ``x_patch += fc2(DWConv3D_(k,1,1)(fc1(x_patch)))`` with no
+activation, LN or scale; the CLS token passes unchanged.
 
 Inserted on the residual stream before attention (``pre_attn`` hook) and/or before the MLP (``pre_mlp`` hook);
 default bottleneck 384, before-MLP, every block (the ``adapter12x384`` preset). Init as the released code: fc
@@ -111,8 +112,9 @@ class StAdapterMethod(Method):
     config_cls = StAdapterConfig
     description = "ST-Adapter: depthwise temporal conv bottleneck on patch tokens (per-frame image ViT)"
     families = ("image_vit",)
+    default_backbone = "clip-vit-b16"  # the paper's CLIP ViT-B/16
     unsupported_reason = "ST-Adapter adds temporal modelling to a per-frame image ViT; video backbones have it already"
-    instead = "'adaptmlp', 'patt' or 'bapat'"
+    instead = "'adaptmlp', 'patt' or 'bapat' (or ST-Adapter on clip-vit-b16)"
 
     def build_block_adapters(self, backbone: Backbone) -> list[tuple[int, MethodAdapter]]:
         c: StAdapterConfig = self.config  # type: ignore[assignment]

@@ -40,7 +40,10 @@ VIT_MIX = [
     ("lora", {"rank": 3, "targets": ("v", "fc1")}),
     ("linear", {}),
     ("bitfit", {}),
-    ("dualpath", {"bottleneck": 8}),
+    # DualPath samples its own frames from the 4-frame clip: the temporal path all 4 (one 2×2 frameset), the spatial
+    # path frames 0 and 2; one task with the SSv2 configuration's fifth (temporal, before attention) adapter.
+    ("dualpath", {"bottleneck": 8, "grid": 2, "spatial_frames": 2}),
+    ("dualpath", {"bottleneck": 8, "grid": 2, "spatial_frames": 4, "temporal_pre_attn": True}),
     ("vpt", {"num_tokens": 2}),
 ]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vpetl.backbones import Backbone, create_backbone
-from vpetl.errors import IncompatibleAdapter, InvalidRequest, UnsupportedMethod
+from vpetl.errors import IncompatibleAdapter, InvalidInput, InvalidRequest, UnsupportedMethod
 from vpetl.petl import (
     AdaptMlpConfig,
     BapatConfig,
@@ -24,9 +24,10 @@ from vpetl.petl import (
 )
 from vpetl.petl.dualpath import make_framesets
 
-TINY = ("videomae-tiny", "swin3d-tiny", "vit-tiny")
+TINY = ("videomae-tiny", "swin3d-tiny", "clip-vit-tiny")
 ALL_METHODS = (
-    "adaptmlp", "bapat", "bitfit", "dualpath", "full", "linear", "lora", "patt", "prefix", "st_adapter", "vpt",
+    "adaptmlp", "bapat", "bitfit", "dualpath", "full", "linear", "lora", "patt", "prefix", "prefix_plain",
+    "st_adapter", "vpt",
 )
 UNSUPPORTED = {
     ("vpt", "swin3d-tiny"),
@@ -79,20 +80,25 @@ def expected_adapter_count(method: str, cfg, backbone: Backbone) -> int:
         return sum(3 * c * d + d + 2 * c + 2 * c * r + r + c for c in dims)
     if method == "lora":
         return sum(len(cfg.targets) * 2 * cfg.rank * c for c in dims)
-    if method == "bitfit":
-        return sum(v for n, v in own.items() if _is_bias(n))
+    if method == "bitfit":  # biases, and Swin's relative-position tables with position_tables (the default)
+        tables = cfg.position_tables
+        return sum(v for n, v in own.items() if _is_bias(n) or (tables and n.endswith("relative_position_bias_table")))
     if method == "full":
         return sum(own.values())
-    if method == "prefix":
+    if method in ("prefix", "prefix_plain"):
         n, d = cfg.num_tokens, cfg.bottleneck
-        return sum(n * c + c * d + d + 2 * c * d + 2 * c for c in dims)
+        plain = sum(n * c + c * d + d + 2 * c * d + 2 * c for c in dims)
+        if method == "prefix_plain":
+            return plain
+        return plain + sum(2 * c * cfg.mlp_bottleneck + cfg.mlp_bottleneck + c for c in dims)  # + AdaptMLP
     if method == "vpt":
         return sum(cfg.num_tokens * c for c in dims) if cfg.deep else cfg.num_tokens * dims[0]
     if method == "st_adapter":
         ca = cfg.bottleneck
         return sum(len(cfg.positions) * (2 * c * ca + 5 * ca + c) for c in dims)
     if method == "dualpath":
-        return sum(4 * (2 * c * cfg.bottleneck + cfg.bottleneck + c) for c in dims)
+        adapters = 5 if cfg.temporal_pre_attn else 4
+        return sum(adapters * (2 * c * cfg.bottleneck + cfg.bottleneck + c) for c in dims)
     assert method == "linear"
     return 0
 
@@ -224,12 +230,14 @@ def test_stable_names_examples(backbones: dict[str, Backbone]) -> None:
     assert {"backbone.blocks.0.attn.q_bias", "backbone.blocks.0.norm1.bias", "backbone.fc_norm.bias"} <= set(bitfit)
     swin_bitfit = create_model(backbones["swin3d-tiny"], "bitfit", K).trainable_state_dict()
     assert "backbone.layers.0.blocks.1.norm1.bias" in swin_bitfit
-    assert not any("relative_position_bias_table" in k for k in swin_bitfit)
-    st = create_model(backbones["vit-tiny"], make_config("st_adapter", positions="pre_attn,pre_mlp"), K)
+    assert "backbone.layers.0.blocks.1.attn.relative_position_bias_table" in swin_bitfit  # V-PETL Table 3's BitFit
+    no_tables = create_model(backbones["swin3d-tiny"], make_config("bitfit", position_tables=False), K)
+    assert not any("relative_position_bias_table" in k for k in no_tables.trainable_state_dict())
+    st = create_model(backbones["clip-vit-tiny"], make_config("st_adapter", positions="pre_attn,pre_mlp"), K)
     assert st.expected_shapes()["blocks.1.st_adapter.pre_attn.conv.weight"] == (384, 1, 3, 1, 1)
-    dp = create_model(backbones["vit-tiny"], "dualpath", K).expected_shapes()
+    dp = create_model(backbones["clip-vit-tiny"], "dualpath", K).expected_shapes()
     assert dp["blocks.0.dualpath.temporal_mlp.down.weight"] == (128, 64) and dp["head.weight"] == (K, 128)
-    learn = create_model(backbones["vit-tiny"], make_config("patt", learnable_scale=True), K)
+    learn = create_model(backbones["clip-vit-tiny"], make_config("patt", learnable_scale=True), K)
     assert learn.expected_shapes()["blocks.1.patt.scale"] == ()
     assert learn.stable_named_parameters()["blocks.1.patt.scale"].item() == pytest.approx(0.8)
 
@@ -262,8 +270,17 @@ def test_defaults_follow_the_spec() -> None:
     assert (b.bottleneck, b.mlp_bottleneck, b.scale, b.mlp_scale) == (128, 64, 0.8, 0.1)
     lo = LoraConfig()
     assert (lo.rank, lo.targets, lo.scaling) == (16, ("q", "v"), 1.0)
-    prefix = make_config("prefix").to_dict()
-    assert prefix == {"method": "prefix", "train_head": True, "num_tokens": 16, "bottleneck": 128}
+    prefix = make_config("prefix").to_dict()  # V-PETL Table 3's row: in the BAPAT scaffold (AdaptMLP r 64, s 0.1)
+    assert prefix == {
+        "method": "prefix", "train_head": True, "num_tokens": 16, "bottleneck": 128, "mlp_bottleneck": 64,
+        "mlp_scale": 0.1, "mlp_mode": "parallel",
+    }
+    plain = make_config("prefix_plain").to_dict()
+    assert plain == {"method": "prefix_plain", "train_head": True, "num_tokens": 16, "bottleneck": 128}
+    assert make_config("bitfit").to_dict() == {"method": "bitfit", "train_head": True, "position_tables": True}
+    dp = make_config("dualpath")  # appendix Table A1, K400 column
+    assert (dp.grid, dp.num_framesets, dp.spatial_frames, dp.temporal_pre_attn) == (4, 1, 8, False)
+    assert dp.combine == "concat"
     assert make_config("st_adapter").bottleneck == 384 and make_config("dualpath").bottleneck == 128
 
 
@@ -351,7 +368,7 @@ def test_share_backbone(backbones: dict[str, Backbone]) -> None:
 
 # ------------------------------------------------------------------------------------------ method specifics
 def test_vpt_shallow_and_deep(backbones: dict[str, Backbone]) -> None:
-    for name in ("videomae-tiny", "vit-tiny"):
+    for name in ("videomae-tiny", "clip-vit-tiny"):
         shallow = create_model(backbones[name], make_config("vpt", num_tokens=3, deep=False), K)
         assert list(shallow.expected_shapes()) == ["blocks.0.vpt.prompts", "head.weight", "head.bias"]
         tokens = shallow.backbone.forward_tokens(_clip(shallow.backbone))
@@ -372,20 +389,36 @@ def test_vpt_shallow_and_deep(backbones: dict[str, Backbone]) -> None:
 
 
 def test_st_adapter_num_layers(backbones: dict[str, Backbone]) -> None:
-    model = create_model(backbones["vit-tiny"], make_config("st_adapter", num_layers=1), K)
+    model = create_model(backbones["clip-vit-tiny"], make_config("st_adapter", num_layers=1), K)
     assert {k.split(".")[1] for k in model.expected_shapes() if k.startswith("blocks.")} == {"1"}
     with pytest.raises(InvalidRequest, match="num_layers"):
-        create_model(backbones["vit-tiny"], make_config("st_adapter", num_layers=3), K)
+        create_model(backbones["clip-vit-tiny"], make_config("st_adapter", num_layers=3), K)
 
 
 def test_dualpath_framesets_tile_frames_row_major() -> None:
-    t, size, g = 4, 8, 2
+    t, size, g = 8, 8, 2
     x = torch.arange(t, dtype=torch.float32).reshape(1, 1, t, 1, 1).expand(1, 3, t, size, size)
-    sets = make_framesets(x, grid=g, num_framesets=1)  # (1, 3, 1, 8, 8): frames 0..3 in a 2×2 grid
+    sets = make_framesets(x, grid=g, num_framesets=1)  # (1, 3, 1, 8, 8): frames 0, 2, 4, 6 in a 2×2 grid
     assert sets.shape == (1, 3, 1, size, size)
     tile = size // g
     for r in range(g):
         for c in range(g):
-            assert (sets[0, :, 0, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] == r * g + c).all()
-    two = make_framesets(x, grid=g, num_framesets=2)  # 8 frames from 4: uniform, repeating
+            assert (sets[0, :, 0, r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] == 2 * (r * g + c)).all()
+    two = make_framesets(x, grid=g, num_framesets=2)  # all 8 frames, each once: 0-3 in the first set, 4-7 next
     assert two.shape == (1, 3, 2, size, size)
+    assert two[0, 0, 1, 0, 0] == 4 and two[0, 0, 1, -1, -1] == 7
+    with pytest.raises(InvalidInput, match="temporal path .* needs 12 frames, the clip has 8"):
+        make_framesets(x, grid=g, num_framesets=3)  # never repeats frames of a short clip
+
+
+def test_dualpath_refuses_backbones_served_with_too_few_frames(backbones: dict[str, Backbone]) -> None:
+    bb = backbones["clip-vit-tiny"]  # 16-frame clips: the defaults (16 temporal, 8 spatial) fit exactly
+    assert bb.input_spec.num_frames == 16
+    create_model(bb, "dualpath", K)
+    with pytest.raises(UnsupportedMethod, match=r"needs clips of 32 frames .*served with 16-frame clips.*--frames 32"):
+        create_model(bb, make_config("dualpath", num_framesets=2), K)
+    with pytest.raises(UnsupportedMethod, match="needs clips of 16 frames"):
+        create_model(create_backbone("vit-tiny"), "dualpath", K)  # 4-frame clips
+    model = create_model(create_backbone("vit-tiny"), make_config("dualpath", grid=2, spatial_frames=4), K)
+    with pytest.raises(InvalidInput, match="spatial path needs 4 frames, the clip has 3"):
+        model(torch.randn(1, 3, 3, 32, 32))

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpetl.backbones import Backbone
+from vpetl.backbones import Backbone, create_backbone
 from vpetl.petl import PetlModel, create_model, make_config
 
 Tensor = torch.Tensor
@@ -112,6 +112,7 @@ class Hooks:
     attn_out: Callable[[int, Tensor, Tensor], Tensor] | None = None  # (block, LN1 x, proj out) -> branch
     mlp_out: Callable[[int, Tensor, Tensor], Tensor] | None = None  # (block, LN2 x, MLP out) -> branch
     pre_attn: Callable[[int, Tensor], Tensor] | None = None
+    attn_in: Callable[[int, Tensor], Tensor] | None = None  # (block, LN1 x) -> what attention reads
     pre_mlp: Callable[[int, Tensor], Tensor] | None = None
     prompts: Callable[[int], Tensor | None] | None = None  # tokens inserted before block i
     drop: Callable[[int], int] | None = None  # tokens dropped after block i
@@ -127,6 +128,8 @@ def ref_blocks(bb: Backbone, x: Tensor, hooks: Hooks, prefix_tokens: int) -> Ten
         if hooks.pre_attn is not None:
             x = hooks.pre_attn(i, x)
         h = ln(x, blk.norm1)
+        if hooks.attn_in is not None:
+            h = hooks.attn_in(i, h)
         if a.qkv_layout == "separate":  # VideoMAE: q/v biases, k without bias
             q, k, v = lin(h, a.q.weight, a.q_bias), lin(h, a.k.weight), lin(h, a.v.weight, a.v_bias)
         else:
@@ -256,7 +259,8 @@ VIDEO_CASES: list[tuple[str, dict[str, Any]]] = [
     ("lora", {"rank": 4, "alpha": 10.0}),
     ("lora", {"rank": 4, "targets": ("k",)}),
     ("bitfit", {}),
-    ("prefix", {"num_tokens": 3, "bottleneck": 8}),
+    ("prefix", {"num_tokens": 3, "bottleneck": 8, "mlp_bottleneck": 5, "mlp_scale": 0.3}),
+    ("prefix_plain", {"num_tokens": 3, "bottleneck": 8}),
     ("vpt", {"num_tokens": 3, "deep": True}),
     ("vpt", {"num_tokens": 3, "deep": False}),
 ]
@@ -284,8 +288,12 @@ def method_hooks(model: PetlModel, method: str, opts: dict[str, Any]) -> Hooks:
         return lora_hooks(w, cfg.targets, alpha / rank)  # type: ignore[attr-defined]
     if method == "bitfit":
         return Hooks()  # the biases live in the backbone; the plain forward reads them
-    if method == "prefix":
+    if method == "prefix_plain":
         return prefix_hooks(w)
+    if method == "prefix":  # V-PETL Table 3's row: the prefix plus BAPAT's parallel AdaptMLP
+        hk = prefix_hooks(w)
+        hk.mlp_out = adaptmlp_hook(w, cfg.mlp_scale, cfg.mlp_mode)  # type: ignore[attr-defined]
+        return hk
     if method == "vpt":
         hk = Hooks()
         n, depth = cfg.num_tokens, len(model.backbone.blocks)  # type: ignore[attr-defined]
@@ -328,18 +336,22 @@ def test_frame_vit_method_matches_reference(method: str) -> None:
         torch.testing.assert_close(model(x), want, atol=ATOL, rtol=0)
 
 
-def test_bitfit_trains_exactly_the_biases() -> None:
-    """BitFit: the trainable state is every backbone bias (Linear/Conv/LayerNorm biases, q_bias, v_bias) and the
-    head; nothing else requires grad (the reference forward above reads those randomised biases)."""
+@pytest.mark.parametrize("tables", [True, False])
+def test_bitfit_trains_exactly_the_biases(tables: bool) -> None:
+    """BitFit: the trainable state is every backbone bias (Linear/Conv/LayerNorm biases, q_bias, v_bias), Swin's
+    relative-position bias tables with ``position_tables`` (the default, as V-PETL Table 3's count), and the head;
+    nothing else requires grad (the reference forward above reads those randomised biases)."""
     for name in ("videomae-tiny", "swin3d-tiny", "vit-tiny"):
-        model = create_model(name, "bitfit", K)
+        model = create_model(name, make_config("bitfit", position_tables=tables), K)
         trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
         want = {
             n for n, _ in model.backbone.named_parameters()
             if n.endswith(".bias") or n.endswith("q_bias") or n.endswith("v_bias")
+            or (tables and n.endswith(".attn.relative_position_bias_table"))
         }
         assert trainable == want and want
-        assert not any("relative_position_bias_table" in n for n in trainable)
+        has_tables = any("relative_position_bias_table" in n for n in trainable)
+        assert has_tables == (tables and name == "swin3d-tiny")
         assert set(model.stable_named_parameters()) == {f"backbone.{n}" for n in want} | {"head.weight", "head.bias"}
 
 
@@ -395,11 +407,16 @@ def test_st_adapter_matches_reference(opts: dict[str, Any]) -> None:
 
 
 # -------------------------------------------------------------------------------------------- DualPath
+def segments(t: int, n: int) -> list[int]:
+    """The first frame of each of n equal segments of a t-frame clip (Table A1's fixed-rate sampling)."""
+    return [i * t // n for i in range(n)]
+
+
 def framesets(x: Tensor, g: int, num: int) -> Tensor:
-    """T_G·g² frames uniformly over the clip, each averaged over g×g pixel boxes, tiled row-major into a frame."""
+    """T_G·g² frames sampled by segments, each averaged over g×g pixel boxes, tiled row-major into a frame."""
     b, c, t, h, w = x.shape
     total = num * g * g
-    idx = [round(i * (t - 1) / (total - 1)) if total > 1 else 0 for i in range(total)]
+    idx = segments(t, total)
     out = torch.zeros(b, c, num, h, w, dtype=x.dtype)
     sh, sw = h // g, w // g
     for n in range(num):
@@ -411,11 +428,26 @@ def framesets(x: Tensor, g: int, num: int) -> Tensor:
     return out
 
 
-@pytest.mark.parametrize("combine", ["concat", "sum"])
-def test_dualpath_matches_reference(combine: str) -> None:
-    model = build("vit-tiny", "dualpath", bottleneck=8, scale=0.7, grid=2, num_framesets=2, combine=combine)
+DUALPATH_CASES = [
+    {"grid": 2, "num_framesets": 2, "spatial_frames": 8, "combine": "concat", "temporal_pre_attn": False},
+    {"grid": 2, "num_framesets": 2, "spatial_frames": 8, "combine": "sum", "temporal_pre_attn": True},
+    {"grid": 4, "num_framesets": 1, "spatial_frames": 8, "combine": "concat", "temporal_pre_attn": True},
+    {"grid": 2, "num_framesets": 1, "spatial_frames": 5, "combine": "concat", "temporal_pre_attn": False},
+]
+
+
+@pytest.mark.parametrize("opts", DUALPATH_CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_dualpath_matches_reference(opts: dict[str, Any]) -> None:
+    from vpetl.protocol import InputSpec
+
+    # vit-tiny (GELU, no ln_pre: the reference's frame ViT) served with 16-frame clips, as clip-vit-b16 is.
+    spec = InputSpec(num_frames=16, sampling="uniform", size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = create_model(create_backbone("vit-tiny", input_spec=spec), make_config("dualpath", bottleneck=8,
+                         scale=0.7, **opts), K, seed=0).double().eval()
+    randomize(model, 100)
     bb = model.backbone
     x = clip_for(bb)
+    assert x.shape[2] == 16
     w, s = weights(model), model.config.scale  # type: ignore[attr-defined]
 
     def term(i: int, which: str, src: Tensor) -> Tensor:
@@ -426,14 +458,21 @@ def test_dualpath_matches_reference(combine: str) -> None:
     spatial = Hooks()  # parallel: beside attention (input LN1 x) and beside the MLP (input LN2 x)
     spatial.attn_out = lambda i, h, y: y + term(i, "spatial_attn", h)
     spatial.mlp_out = lambda i, h, m: m + term(i, "spatial_mlp", h)
-    temporal = Hooks()  # serial: y + s·A(y) after attention and after the MLP
+    temporal = Hooks()  # serial: y + s·A(y) after attention and after the MLP (and before attention, SSv2)
     temporal.attn_out = lambda i, h, y: y + term(i, "temporal_attn", y)
     temporal.mlp_out = lambda i, h, m: m + term(i, "temporal_mlp", m)
-    fs = ref_frame_vit_features(bb, x, spatial)
-    ft = ref_frame_vit_features(bb, framesets(x, 2, 2), temporal)
-    want = head(model, torch.cat([fs, ft], -1) if combine == "concat" else fs + ft)
+    if opts["temporal_pre_attn"]:
+        temporal.attn_in = lambda i, h: h + term(i, "temporal_pre_attn", h)
+    fs = ref_frame_vit_features(bb, x[:, :, segments(16, opts["spatial_frames"])], spatial)
+    ft = ref_frame_vit_features(bb, framesets(x, opts["grid"], opts["num_framesets"]), temporal)
+    want = head(model, torch.cat([fs, ft], -1) if opts["combine"] == "concat" else fs + ft)
     with torch.no_grad():
         torch.testing.assert_close(model(x), want, atol=ATOL, rtol=0)
+    if opts["temporal_pre_attn"]:  # the fifth adapter carries weight: the reference without it is far off
+        temporal.attn_in = None
+        ft = ref_frame_vit_features(bb, framesets(x, opts["grid"], opts["num_framesets"]), temporal)
+        without = head(model, torch.cat([fs, ft], -1) if opts["combine"] == "concat" else fs + ft)
+        assert (without - want).abs().max() > 1e-3
 
 
 def test_framesets_tile_row_major() -> None:
@@ -443,16 +482,18 @@ def test_framesets_tile_row_major() -> None:
     x = torch.arange(8, dtype=torch.float64).reshape(1, 1, 8, 1, 1).expand(1, 3, 8, 8, 8).contiguous()
     got = make_framesets(x, 2, 1)
     torch.testing.assert_close(got, framesets(x, 2, 1))
-    assert got[0, 0, 0, 0, 0] == 0 and got[0, 0, 0, 0, 4] == 2 and got[0, 0, 0, 4, 0] == 5 and got[0, 0, 0, 4, 4] == 7
+    assert got[0, 0, 0, 0, 0] == 0 and got[0, 0, 0, 0, 4] == 2 and got[0, 0, 0, 4, 0] == 4 and got[0, 0, 0, 4, 4] == 6
 
 
 # -------------------------------------------------------------------------------- Swin (one block each)
 def rel_bias(table: Tensor, ws: tuple[int, int, int], full: tuple[int, int, int]) -> Tensor:
-    """(nH, N, N): table row of the 3D offset (Δd, Δh, Δw) + (full − 1), row-major in the full window's table."""
-    coords = [(d, h, w) for d in range(ws[0]) for h in range(ws[1]) for w in range(ws[2])]
+    """(nH, N, N) as the official Video Swin code: the full window's index (table row of each pair's 3D offset
+    (Δd, Δh, Δw) + (full − 1), row-major) sliced ``[:N, :N]`` for an effective window of N tokens."""
+    coords = [(d, h, w) for d in range(full[0]) for h in range(full[1]) for w in range(full[2])]
+    n = ws[0] * ws[1] * ws[2]
     idx = torch.tensor([
         [((a[0] - b[0] + full[0] - 1) * (2 * full[1] - 1) + (a[1] - b[1] + full[1] - 1)) * (2 * full[2] - 1)
-         + (a[2] - b[2] + full[2] - 1) for b in coords] for a in coords
+         + (a[2] - b[2] + full[2] - 1) for b in coords[:n]] for a in coords[:n]
     ])
     return table[idx].permute(2, 0, 1)
 
