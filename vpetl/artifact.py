@@ -496,7 +496,9 @@ def export_peft_dir(adapter: AdapterFile | bytes, out_dir: str | Path) -> Path:
     The config holds PEFT's identity keys (``peft_type`` = ``VPETL_<METHOD>``, ``base_model_name_or_path`` = the
     backbone name, ``revision`` = its sha256) plus every AdapterMeta field; weights are keyed
     ``base_model.model.<name>`` with metadata ``{"format": "pt"}``. PEFT itself will not load a VPETL_ type;
-    :func:`import_peft_dir` reads it back (to the same bytes when the dtype is the same).
+    :func:`import_peft_dir` reads it back (to the same bytes when the dtype is the same). For a directory the
+    ``peft`` package loads (LoRA on transformers' VideoMAE), use :func:`vpetl.formats.peft.export_peft`
+    (``vpetl export peft``).
     """
     if isinstance(adapter, (bytes, bytearray, memoryview)):
         adapter = read_adapter(bytes(adapter))
