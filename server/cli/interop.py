@@ -29,22 +29,31 @@ def export_hf_cmd(
     backbone: str = typer.Option(..., "--backbone", "-b", help="backbone name (videomae-b, videomae-tiny)"),
     out: Path = typer.Option(..., "--out", "-o", help="output directory (config.json + model.safetensors)"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone weights to load strictly"),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="a LoRA/BitFit adapter file: merged into the weights, its head as the classifier"
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Write BACKBONE as a transformers VideoMAE directory (VideoMAEForVideoClassification.from_pretrained)."""
     from vpetl.backbones import create_backbone
-    from vpetl.formats.hf import export_hf
+    from vpetl.formats.hf import export_hf, export_hf_task
 
     try:
-        info = export_hf(create_backbone(backbone, checkpoint=checkpoint), out)
+        model = create_backbone(backbone, checkpoint=checkpoint)
+        info = export_hf(model, out) if adapter is None else export_hf_task(model, adapter, out)
     except VpetlError as e:
         fail(e)
     if as_json:
         print_json(info)
         return
+    what = (
+        "the classifier is initialised on load"
+        if adapter is None
+        else f"task {info['task']!r} ({info['method']} merged, classifier included)"
+    )
     console.print(
         f"[bold]{out}[/]: transformers VideoMAE ({info['tensors']} tensors, {info['parameters']:,} parameters), "
-        f"backbone {backbone} (sha256 {info['backbone_sha256'][:12]}…); the classifier is initialised on load"
+        f"backbone {backbone} (sha256 {info['backbone_sha256'][:12]}…); {what}"
     )
 
 

@@ -199,3 +199,14 @@ def test_put_of_a_non_vpetl_file_is_refused(peft_trained, server: ServerProcess)
         )
         assert 400 <= r.status_code < 500 and error_code(r) == "invalid_adapter", r.text
         assert http.get("/adapters").json() == before
+
+
+def test_export_hf_with_an_adapter_writes_the_merged_task(tmp_path: Path) -> None:
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(make_adapter("cats", seed=2, method="lora", labels=LABELS))
+    r = vpetl("export", "hf", "--backbone", BACKBONE, "--adapter", str(lora), "--out", str(tmp_path / "t"), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["method"] == "lora" and info["classifier"] is True and info["task"] == "cats"
+    cfg = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert cfg["id2label"] == {str(i): name for i, name in enumerate(LABELS)}

@@ -14,6 +14,9 @@ What does not carry over, said rather than hidden:
 
 Writing needs ``safetensors`` only (no ``transformers``): the config is plain JSON with the fields VideoMAEConfig
 reads.
+
+:func:`export_hf_task` writes one task as a plain transformers classifier: a LoRA or BitFit adapter merged into the
+weights (:mod:`vpetl.petl.merge`) and its head as ``classifier``; other methods cannot merge and are refused.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from vpetl.backbones.base import Backbone
-from vpetl.errors import UnsupportedConversion
+from vpetl.errors import UnsupportedConversion, UnsupportedMethod
 from vpetl.formats.keymaps import VIDEOMAE_HF_HEAD_LEVEL, VIDEOMAE_HF_PREFIX, videomae_vpetl_to_hf
 
 Tensor = torch.Tensor
@@ -140,3 +143,44 @@ def export_hf(
         "backbone_sha256": backbone.sha256(),
         "classifier": head is not None,
     }
+
+
+def export_hf_task(backbone: Backbone, adapter: bytes | str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write one task as ``VideoMAEForVideoClassification``: ``adapter`` merged into ``backbone``, its head as the
+    classifier, its labels as ``id2label``.
+
+    Args:
+        backbone: the frozen backbone the adapter was trained on (its sha256 is checked against the file's).
+        adapter: a vpetl adapter file (bytes or path) of a method that merges (LoRA, BitFit, linear).
+        out_dir: as :func:`export_hf`.
+
+    Raises:
+        UnsupportedConversion: a method that cannot merge (PATT, BAPAT, …), or a backbone without an HF export.
+        InvalidAdapter / IncompatibleAdapter: a malformed file, or one for another backbone.
+    """
+    from vpetl.artifact import read_adapter
+    from vpetl.errors import IncompatibleAdapter
+    from vpetl.petl.merge import merged_copy
+    from vpetl.petl.registry import method_config_from_dict
+
+    check_exportable(backbone)
+    file = read_adapter(adapter, backbone_sha256=backbone.sha256(), backbone_name=backbone.name)
+    config = method_config_from_dict(file.meta.method_config, error=IncompatibleAdapter)
+    state = {k: torch.from_numpy(v.copy()) for k, v in file.tensors.items()}
+    try:
+        merged = merged_copy(backbone, config, state)
+    except UnsupportedMethod as e:
+        raise UnsupportedConversion(
+            f"{e.message}; a {config.method!r} task has no plain transformers form (a LoRA one also exports as PEFT: "
+            "`vpetl export peft`)"
+        ) from e
+    info = export_hf(merged, out_dir, head=(state["head.weight"], state["head.bias"]), labels=list(file.meta.labels))
+    info.update(
+        {
+            "task": file.meta.task,
+            "method": config.method,
+            "adapter_sha256": file.sha256,
+            "frozen_backbone_sha256": backbone.sha256(),
+        }
+    )
+    return info

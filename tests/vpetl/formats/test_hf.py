@@ -81,3 +81,44 @@ def test_backbones_without_an_hf_counterpart_are_refused(name: str, tmp_path: Pa
     with pytest.raises(UnsupportedConversion, match="transformers"):
         export_hf(create_backbone(name), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def _task_adapter(method: str, options: dict) -> tuple[object, bytes]:
+    from vpetl.petl import create_model, make_config
+    from vpetl.petl.io import adapter_bytes
+
+    model = create_model("videomae-tiny", make_config(method, **options), 3, seed=2)
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # LoRA's B starts at zero, BitFit's biases at the frozen ones: move them
+        for name, p in model.trainable_state_dict().items():
+            if not name.startswith("head."):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval(), adapter_bytes(model, task="cats", labels=["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("lora", {"rank": 3, "targets": ("q", "k", "v", "proj", "fc1", "fc2"), "alpha": 6.0}), ("bitfit", {})],
+)
+def test_a_merged_task_exports_as_a_plain_transformers_classifier(tmp_path: Path, method: str, options: dict):
+    from vpetl.formats.hf import export_hf_task
+
+    model, data = _task_adapter(method, options)
+    info = export_hf_task(create_backbone("videomae-tiny"), data, tmp_path / "task")
+    assert info["method"] == method and info["task"] == "cats"
+    hf = transformers.VideoMAEForVideoClassification.from_pretrained(tmp_path / "task").eval()
+    assert hf.config.id2label == {0: "a", 1: "b", 2: "c"}
+    x = _clip(create_backbone("videomae-tiny"))
+    with torch.no_grad():
+        theirs = hf(pixel_values=x.permute(0, 2, 1, 3, 4)).logits
+        ours = model(x)
+    assert (theirs - ours).abs().max() <= 1e-4, (theirs - ours).abs().max()
+
+
+def test_a_task_that_cannot_merge_is_refused(tmp_path: Path) -> None:
+    from vpetl.formats.hf import export_hf_task
+
+    _, data = _task_adapter("bapat", {"bottleneck": 8})
+    with pytest.raises(UnsupportedConversion, match="cannot be merged"):
+        export_hf_task(create_backbone("videomae-tiny"), data, tmp_path / "task")
+    assert not (tmp_path / "task").exists()
