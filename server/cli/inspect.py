@@ -68,12 +68,15 @@ def method_report(
     counts = model.parameter_counts()
     if share:
         model.remove_adapters()
-    return {"config": config.to_dict(), "num_classes": num_classes, "servable": cls.servable, **counts}
+    return {
+        "config": config.to_dict(), "num_classes": num_classes, "servable": cls.servable,
+        "default_backbone": cls.default_backbone, **counts,
+    }
 
 
 @app.command()
 def inspect(
-    backbone: str = typer.Option(..., "--backbone", "-b", help="backbone name, e.g. swin3d-b, videomae-b, vit-b16"),
+    backbone: str = typer.Option(..., "--backbone", "-b", help="backbone name, e.g. swin3d-b, clip-vit-b16"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="weights to load strictly (.pth/.safetensors)"),
     frames: int | None = typer.Option(None, "--frames", help="clip length for token counts (default: input spec)"),
     size: int | None = typer.Option(None, "--size", help="frame size for token counts (default: input spec)"),
