@@ -271,3 +271,23 @@ def test_state_changes_are_audited_with_the_key_prefix(world: World) -> None:
     assert key["token"] not in world.admin.get("/audit").text
     only = world.admin.get("/audit", params={"task": OUTSIDE}).json()["entries"]
     assert only and all(e["task"] == OUTSIDE for e in only)
+
+
+def test_the_edge_sdk_with_a_device_key(world: World) -> None:
+    """``vpetl-edge``'s client with a key (``--token`` / ``VPETL_TOKEN``): it sees and predicts only its tasks."""
+    from edge_client.sdk import Client
+    from vpetl import errors as E
+
+    body = {"name": "edge device", "scopes": ["predict", "read"], "tasks": ["site-1-*"]}
+    token = world.admin.post("/keys", json=body).json()["token"]
+    with Client(world.server.url, token=token, retries=0) as device:
+        seen = {a.task for a in device.adapters()}
+        assert INSIDE in seen and OUTSIDE not in seen and all(t.startswith("site-1-") for t in seen)
+        assert device.predict(world.clips["ok"], INSIDE).task == INSIDE
+        assert device.download_adapter(INSIDE) is not None
+        with pytest.raises(E.VpetlError) as hidden:
+            device.predict(world.clips["ok"], OUTSIDE)
+        assert hidden.value.code == "unknown_task"
+        with pytest.raises(E.VpetlError) as refused:
+            device.push_adapter(world.adapter, INSIDE)
+        assert refused.value.code == "insufficient_scope"
