@@ -90,3 +90,11 @@ def test_train_cli_options_reach_the_config() -> None:
     options = method_options("lora", 8, None, None, ["targets=q,v,fc1", "dropout=0.1"], False)
     cfg = make_config("lora", **options)
     assert cfg.targets == ("q", "v", "fc1") and cfg.dropout == 0.1 and cfg.rank == 8
+
+
+def test_counts_on_swin_b_follow_the_formula() -> None:
+    """Σ over Swin-B's 24 blocks (C = 128×2, 256×2, 512×18, 1024×2; ΣC = 12,032): 2rC per q/v target, 18rC for
+    all six (q, k, v, proj: 2rC each; fc1, fc2: r(C + 4C) each)."""
+    sb = create_backbone("swin3d-b")
+    assert _count(sb, rank=16) == 4 * 16 * 12_032 == 770_048
+    assert _count(sb, rank=16, targets=("q", "k", "v", "proj", "fc1", "fc2")) == 18 * 16 * 12_032 == 3_465_216
