@@ -280,22 +280,39 @@ def test_upload_by_drop_then_train_and_follow_the_job(page: Any, server: ServerP
     row = wait_for("the queued job", lambda: page.find_elements("css selector", "#jobs-table tbody tr[data-job]"))[0]
     job_id = row.get_attribute("data-job")
     assert http.get(f"/jobs/{job_id}").json()["params"]["task"] == "birds"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VPETL_")} | {"VPETL_TORCH_THREADS": "1"}
-    worker = subprocess.run(
+    # each epoch's progress lands 2 s after the epoch ends (the worker's test hook): time to watch it live
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPETL_")}
+    env |= {"VPETL_TORCH_THREADS": "1", "VPETL_TEST_EPOCH_DELAY_S": "2"}
+    worker_log = (tmp_path / "worker.log").open("w")  # a file, not a pipe nobody reads while the browser waits
+    worker = subprocess.Popen(
         [vpetl_executable(), "worker", "--redis-url", server.redis_url, "--data-dir", str(server.data_dir),  # type: ignore[attr-defined]
          "--backbone", BACKBONE, "--max-jobs", "1", "--threads", "1", "--device", "cpu", "--json"],
-        capture_output=True, text=True, timeout=180, env=env,
+        stdout=subprocess.PIPE, stderr=worker_log, text=True, env=env,
     )  # fmt: skip
-    assert worker.returncode == 0, worker.stderr[-3000:]
-    events = [json.loads(line) for line in worker.stdout.splitlines()]  # stdout holds only JSON lines
-    assert [e["event"] for e in events] == ["ready", "job", "stopped"], worker.stdout
+    try:
+        selector = f"#jobs-table tr[data-job='{job_id}']"
+        # the list polls by itself (no reload): running, with its epoch and a partial progress bar
+        live = wait_for("the job running in the list", lambda: [
+            r for r in page.find_elements("css selector", selector + "[data-state='running']")
+            if r.find_elements("tag name", "td")[5].text in ("1/3", "2/3")], timeout=120)[0]  # fmt: skip
+        bar = live.find_element("css selector", ".progress span").text
+        assert bar.endswith("%") and 0 < int(bar[:-1]) < 100, bar
+        shot(page, "jobs-running")
+        wait_for("the job succeeded in the list", lambda: page.find_elements(
+            "css selector", selector + "[data-state='succeeded']"), timeout=60)  # fmt: skip
+        out, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        worker_log.close()
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    events = [json.loads(line) for line in out.splitlines()]  # stdout holds only JSON lines
+    assert [e["event"] for e in events] == ["ready", "job", "stopped"], out
     job = http.get(f"/jobs/{job_id}").json()
     assert events[1]["job_id"] == job_id and events[1]["state"] == job["state"] == "succeeded"
     assert events[1]["version"] == job["version"] == http.get("/adapters/birds").json()["version"]
     assert events[2]["jobs"] == 1
-    # the live list catches up by itself (polling), then the job's page draws one point per epoch
-    wait_for("the job succeeded in the list", lambda: page.find_elements(
-        "css selector", f"#jobs-table tr[data-job='{job_id}'][data-state='succeeded']"))  # fmt: skip
     shot(page, "jobs")
     open_page(page, server, f"job/{job_id}", "#loss-chart svg")
     history = job["progress"]["history"]
