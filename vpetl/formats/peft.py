@@ -123,7 +123,7 @@ def export_peft(source: AdapterFile | bytes | str | Path, out_dir: str | Path) -
     }
     # Where it came from, beside PEFT's files (PEFT warns about unknown config keys, and ignores other files);
     # import reads the labels back from it.
-    source = {
+    provenance = {
         "task": meta.task,
         "labels": meta.labels,
         "backbone": meta.backbone,
@@ -138,7 +138,7 @@ def export_peft(source: AdapterFile | bytes | str | Path, out_dir: str | Path) -
         metadata={"format": "pt"},
     )
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / SOURCE_NAME).write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
+    (out / SOURCE_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     return {
         "format": "peft",
         "out": str(out),
