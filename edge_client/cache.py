@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,8 @@ from edge_client.sdk import Client, Progress
 from vpetl.artifact import AdapterFile, atomic_write, read_adapter, read_adapter_meta
 from vpetl.errors import InvalidAdapter, InvalidRequest, UnknownTask, VpetlError
 from vpetl.protocol import is_valid_task_name
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FAMILY = "default"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -59,10 +62,29 @@ def _check_task(task: str) -> str:
     return task
 
 
+_GRAPH_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
+
+
 def _check_family(family: str) -> str:
-    if not family.replace("_", "").isalnum():
+    """A graph key (a family, ``bapat-int8``, ``merged-<task>``): one safe path component."""
+    if not _GRAPH_KEY.fullmatch(family) or ".." in family:
         raise InvalidRequest(f"invalid ONNX family {family!r}")
     return family
+
+
+def graph_key(family: str | None = None, quant: str | None = None, task: str | None = None) -> str:
+    """The cache name of a graph: ``bapat``, ``bapat-int8``, ``merged-<task>``, ``merged-<task>-int8``."""
+    base = f"merged-{_check_task(task)}" if task else (family or DEFAULT_FAMILY)
+    return _check_family(base if quant in (None, "fp32") else f"{base}-{quant}")
+
+
+def _device_id() -> dict[str, str]:
+    """What an ORT-optimised graph is tied to: onnxruntime's version and this CPU (its fused kernels)."""
+    import platform
+
+    import onnxruntime as ort
+
+    return {"ort": ort.__version__, "machine": platform.machine(), "processor": platform.processor()}
 
 
 @dataclass
@@ -91,6 +113,7 @@ class SyncReport:
 
     adapters: dict[str, str] = field(default_factory=dict)
     backbone: str = "skipped"
+    graphs: dict[str, str] = field(default_factory=dict)  # merged single-task graphs: downloaded / unchanged
     adapter_bytes: int = 0
     onnx_bytes: int = 0
     requests: int = 0
@@ -130,26 +153,74 @@ class EdgeCache:
         return found
 
     def pull_backbone(self, client: Client, family: str | None = None, *, progress: Progress | None = None,
-                      check: bool = True) -> tuple[Path, bool]:
-        """Download the graph if missing (or, with ``check``, if its ETag changed). Returns (path, downloaded)."""
-        path = self.backbone_path(family)
-        record = self.backbone_record(family)
+                      check: bool = True, quant: str | None = None, task: str | None = None) -> tuple[Path, bool]:
+        """Download a graph if missing (or, with ``check``, if its ETag changed). Returns (path, downloaded).
+
+        ``quant="int8"``: the int8 variant; ``task``: that task's merged single-task graph. A downloaded graph is
+        optimised once for this device (:func:`edge_client.runner.optimize_graph`) and the result kept beside it.
+        """
+        key = graph_key(family, quant, task)
+        path = self.backbone_path(key)
+        record = self.backbone_record(key)
         if record is not None and not check:
             return path, False
         got = client.download_onnx(record.get("etag") if record else None, dest=path, progress=progress,
-                                   family=family)
+                                   family=family, quant=quant if quant != "fp32" else None, task=task)
         if got is None:
             return path, False
         from edge_client.runner import read_graph_info  # onnxruntime only once a graph is actually fetched
 
         info = read_graph_info(path)
         meta = {
-            "etag": got.etag, "size": got.size, "family": info.family, "requested": family or DEFAULT_FAMILY,
+            "etag": got.etag, "size": got.size, "family": info.family, "requested": key,
             "components": list(info.components), "backbone": info.backbone, "backbone_sha256": info.backbone_sha256,
-            "downloaded_at": _now(),
+            "quant": info.quant, "merged_task": info.merged_task, "merged_adapter_sha256": info.merged_adapter_sha256,
+            "downloaded_at": _now(), "downloaded_ns": time.time_ns(), "optimized": self._optimize(path),
         }
         atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
         return path, True
+
+    @staticmethod
+    def _optimize(path: Path) -> dict[str, str] | None:
+        """Optimise the graph for this device once (at sync time, not at every start); None if that failed (the
+        plain graph is then used and optimised in memory)."""
+        from edge_client.runner import optimize_graph
+
+        try:
+            optimize_graph(path, path.with_suffix(".opt"))
+        except Exception as e:  # noqa: BLE001 - an optimisation failure must not lose the download
+            logger.warning("could not optimise %s for this device (%s); the plain graph will be used", path, e)
+            return None
+        return {"file": path.with_suffix(".opt").name, **_device_id()}
+
+    def runner_graph(self, record: dict[str, Any]) -> tuple[Path, bool]:
+        """(file, preoptimized) to build a Runner from a record of :meth:`backbones`: the device-optimised copy
+        when it was made by this onnxruntime on this CPU, else the downloaded graph."""
+        path = Path(record["path"])
+        opt = record.get("optimized")
+        if isinstance(opt, dict) and opt.get("file") == path.with_suffix(".opt").name:
+            optimized = path.with_suffix(".opt")
+            if optimized.is_file() and {k: v for k, v in opt.items() if k != "file"} == _device_id():
+                return optimized, True
+        return path, False
+
+    def graph_for(self, adapter: AdapterFile) -> dict[str, Any] | None:
+        """The cached graph to run ``adapter`` with: its own merged graph if there is one (zero adapter inputs),
+        else the most recently downloaded graph whose backbone and family fit (so a ``sync --quant int8`` makes the
+        int8 graph the one used)."""
+        from edge_client.runner import graph_family_fits
+
+        fits = []
+        for record in self.backbones().values():
+            if record.get("backbone_sha256") != adapter.meta.backbone_sha256:
+                continue
+            if record.get("merged_adapter_sha256"):
+                if record["merged_adapter_sha256"] == adapter.sha256:
+                    return record
+                continue
+            if graph_family_fits(tuple(record.get("components", ())), adapter.meta.method):
+                fits.append(record)
+        return max(fits, key=lambda r: int(r.get("downloaded_ns", 0))) if fits else None
 
     # ------------------------------------------------------------------------------------------ adapters
     def _task_dir(self, task: str) -> Path:
@@ -261,7 +332,8 @@ class EdgeCache:
     # ---------------------------------------------------------------------------------------------- sync
     def sync(self, client: Client, *, backbone: bool = True, family: str | None = None,
              tasks: Iterable[str] | None = None, progress: Progress | None = None,
-             prune: bool = True, dtype: str | None = None) -> SyncReport:
+             prune: bool = True, dtype: str | None = None, quant: str | None = None,
+             merged: Iterable[str] = ()) -> SyncReport:
         """Pull every task's current adapter that changed, and the backbone graph if it is missing.
 
         Args:
@@ -272,6 +344,9 @@ class EdgeCache:
             progress: byte progress of each download.
             prune: remove cached tasks the server no longer has.
             dtype: fetch adapters as this float type (``"float16"``: half the bytes); None: as stored.
+            quant: the backbone graph variant (``"int8"``); None: fp32.
+            merged: tasks whose merged single-task graph to keep current (re-fetched when its ETag changed, i.e.
+                when the task's adapter did).
         """
         start = time.perf_counter()
         before = (client.stats.adapter_bytes, client.stats.onnx_bytes, client.stats.requests)
@@ -301,11 +376,18 @@ class EdgeCache:
                     self.remove(task)
                     report.adapters[task] = "removed"
         if backbone:
-            if self.backbone_record(family) is not None:
+            if self.backbone_record(graph_key(family, quant)) is not None:
                 report.backbone = "present"
             else:
-                _, changed = self.pull_backbone(client, family, progress=progress)
+                _, changed = self.pull_backbone(client, family, progress=progress, quant=quant)
                 report.backbone = "downloaded" if changed else "present"
+        for task in merged:
+            try:
+                _, changed = self.pull_backbone(client, family, progress=progress, quant=quant, task=task)
+            except VpetlError as e:
+                report.graphs[task] = f"failed: [{e.code}] {e.message}"
+                continue
+            report.graphs[task] = "downloaded" if changed else "unchanged"
         report.adapter_bytes = client.stats.adapter_bytes - before[0]
         report.onnx_bytes = client.stats.onnx_bytes - before[1]
         report.requests = client.stats.requests - before[2]
@@ -313,4 +395,4 @@ class EdgeCache:
         return report
 
 
-__all__ = ["CachedAdapter", "EdgeCache", "SyncReport", "atomic_write", "default_cache_dir"]
+__all__ = ["CachedAdapter", "EdgeCache", "SyncReport", "atomic_write", "default_cache_dir", "graph_key"]

@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from edge_client.sdk import DEFAULT_SERVER, Client
-from vpetl.errors import IncompatibleAdapter, VpetlError
+from vpetl.errors import VpetlError
 from vpetl.protocol import JobInfo
 
 app = typer.Typer(
@@ -149,45 +149,15 @@ def _video_files(paths: list[Path]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------- predict
-def _local_predictions(c: Client, cache_dir: Path | None, task: str, version: int | None, clips: list[Path],
-                       topk: int, show: bool) -> list[dict[str, Any]]:
+def _local_predictions(c: Client, quick: Client, cache_dir: Path | None, task: str, version: int | None,
+                       clips: list[Path], topk: int, show: bool) -> list[dict[str, Any]]:
     from edge_client.cache import EdgeCache
-    from edge_client.runner import METHOD_COMPONENTS, Runner, graph_family_fits
-    from edge_client.sdk import ConnectionFailed
+    from edge_client.local import LocalTask
 
-    cache = EdgeCache(cache_dir)
-    try:
-        with transfer_bar(show, f"adapter {task}") as progress:
-            kept = cache.adapter(task)  # keep the dtype a `sync --dtype` chose: a re-download is not "current"
-            entry, _ = cache.pull_adapter(c, task, version, progress=progress, dtype=kept.dtype if kept else None)
-    except ConnectionFailed:
-        entry = cache.adapter(task)
-        if entry is None or (version is not None and entry.version != version):
-            raise
-        err.print(f"[yellow]server unreachable: using the cached {task} adapter (version {entry.version})[/]")
-    adapter = cache.load_adapter(task)
-    if adapter.meta.method not in METHOD_COMPONENTS:
-        raise IncompatibleAdapter(
-            f"task {task!r} uses {adapter.meta.method!r}, which no edge graph runs "
-            f"({', '.join(METHOD_COMPONENTS)} do); predict without --local"
-        )
-    graph = None
-    for record in cache.backbones().values():
-        if record.get("backbone_sha256") == adapter.meta.backbone_sha256 and graph_family_fits(
-            tuple(record.get("components", ())), adapter.meta.method
-        ):
-            graph = record["path"]
-            break
-    if graph is None:
-        family = adapter.meta.method
-        with transfer_bar(show, f"backbone graph ({family})") as progress:
-            graph, _ = cache.pull_backbone(c, family, progress=progress)
-    runner = Runner(graph)
-    results = []
-    for clip in clips:
-        r = runner.predict(clip, adapter, topk=topk, version=entry.version)
-        results.append({"clip": str(clip), "local": True, **r.model_dump(mode="json")})
-    return results
+    local = LocalTask(EdgeCache(cache_dir), task, version, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"))
+    with transfer_bar(show, f"adapter {task}") as adapter_bar, transfer_bar(show, "backbone graph") as graph_bar:
+        local.refresh(c, quick, progress_adapter=adapter_bar, progress_graph=graph_bar)
+    return [{"clip": str(clip), **local.predict(clip, topk)} for clip in clips]
 
 
 @app.command()
@@ -205,9 +175,11 @@ def predict(
     """Classify clips with TASK's adapter: on the server (default) or locally (--local; downloads the backbone
     graph once and the adapter when it changed, works offline from the cache)."""
     files = _video_files(clips)
-    with handled(), client(server, token) as c:
+    from edge_client.local import quick_client
+
+    with handled(), client(server, token) as c, quick_client(server, token) as quick:
         if local:
-            results = _local_predictions(c, cache, task, version, files, topk, show=not as_json)
+            results = _local_predictions(c, quick, cache, task, version, files, topk, show=not as_json)
         else:
             results = []
             for clip in files:
@@ -454,30 +426,129 @@ def jobs(
 
 
 # ------------------------------------------------------------------------------------------------------ sync
+def _agreements(c: Client, store: Any, quant: str | None, merged: list[str]) -> dict[str, dict[str, Any]]:
+    """For every variant this sync keeps (the int8 shared graph, merged graphs): the server's measurement of it
+    against the fp32 graph on each task's validation clips, with the task's current adapter."""
+    from edge_client.cache import graph_key
+    from edge_client.runner import graph_family_fits
+
+    found: dict[str, dict[str, Any]] = {}
+    asks: list[tuple[str, str, bool, str | None]] = [(t, quant or "fp32", True, None) for t in merged]
+    if quant not in (None, "fp32"):
+        shared = store.backbones().get(graph_key(None, quant))
+        for task in store.tasks():
+            entry = store.adapter(task)
+            if shared and entry and graph_family_fits(tuple(shared.get("components", ())), entry.method or ""):
+                asks.append((task, quant, False, shared.get("family")))
+    for task, q, is_merged, family in asks:
+        name = f"{task} ({'merged' if is_merged else family}, {q})"
+        try:
+            found[name] = c.graph_agreement(task, q, merged=is_merged, family=family)
+        except VpetlError as e:
+            found[name] = {"error": f"[{e.code}] {e.message}"}
+    return found
+
+
+def _agreement_line(name: str, a: dict[str, Any]) -> str:
+    if "error" in a:
+        return f"  {name}: agreement with fp32 not measured: {a['error']}"
+    if not a.get("clips"):
+        return f"  {name}: no validation clips on the server to measure agreement with fp32"
+    return (f"  {name}: top-1 agrees with fp32 on {a['agree']}/{a['clips']} validation clips "
+            f"({100 * a['agreement']:.1f}%), max |Δlogit| {a['max_abs_logit_diff']:.2g}")
+
+
 @app.command()
 def sync(
     backbone: Annotated[bool, typer.Option(help="also fetch the backbone graph if it is missing")] = True,
     family: Annotated[str | None, typer.Option(help="ONNX graph family (default: the server's)")] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="graph variant: fp32 (default) or int8 (a quarter of the bytes)")
+    ] = None,
+    merged: Annotated[
+        list[str] | None,
+        typer.Option("--merged", help="also keep TASK's merged single-task graph (repeatable; the fastest path)"),
+    ] = None,
     dtype: DtypeOpt = None,
     cache: CacheOpt = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pull every task's newest adapter (only those that changed) and the backbone graph if missing."""
+    """Pull every task's newest adapter (only those that changed) and the backbone graph if missing; with --quant
+    or --merged, also print how each variant agrees with fp32 on the tasks' validation clips."""
     from edge_client.cache import EdgeCache
 
+    if quant not in (None, "fp32", "int8"):
+        fail(VpetlError(f"--quant must be fp32 or int8, got {quant!r}", code="invalid_request"))
     store = EdgeCache(cache)
     with handled(), client(server, token) as c, transfer_bar(not as_json, "sync") as progress:
-        report = store.sync(c, backbone=backbone, family=family, progress=progress, dtype=dtype)
+        report = store.sync(c, backbone=backbone, family=family, progress=progress, dtype=dtype, quant=quant,
+                            merged=merged or ())
+        agreements = _agreements(c, store, quant, merged or []) if quant not in (None, "fp32") or merged else {}
     if as_json:
-        emit({"cache": str(store.root), **report.to_dict()})
+        emit({"cache": str(store.root), **report.to_dict(), "agreement": agreements})
         return
     for task, state in sorted(report.adapters.items()):
         out.print(f"  {task}: {state}")
-    out.print(f"backbone: {report.backbone}; received {_size(report.adapter_bytes)} of adapters and "
-              f"{_size(report.onnx_bytes)} of graph in {report.requests} request(s), {report.seconds * 1e3:.0f} ms "
-              f"→ {store.root}")
+    for task, state in sorted(report.graphs.items()):
+        out.print(f"  merged graph {task}: {state}")
+    out.print(f"backbone{' (' + quant + ')' if quant else ''}: {report.backbone}; received "
+              f"{_size(report.adapter_bytes)} of adapters and {_size(report.onnx_bytes)} of graph in "
+              f"{report.requests} request(s), {report.seconds * 1e3:.0f} ms → {store.root}")
+    for name, a in agreements.items():
+        out.print(_agreement_line(name, a))
+
+
+# ----------------------------------------------------------------------------------------------------- watch
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="folder a camera writes clip segments into")],
+    task: TaskOpt,
+    local: Annotated[bool, typer.Option("--local", help="always predict on this device")] = False,
+    upload_label: Annotated[
+        str | None, typer.Option("--upload-label", help="also upload each clip with this label (queued on disk)")
+    ] = None,
+    split: Annotated[str, typer.Option(help="dataset split of uploads: train or val")] = "train",
+    out_file: Annotated[Path | None, typer.Option("--out", help="append JSON lines here (default stdout)")] = None,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="labels per clip")] = 5,
+    interval: Annotated[float, typer.Option(min=0.01, help="seconds between folder polls")] = 0.5,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds before an unresponsive server is given up")] = 1.5,
+    retry_every: Annotated[float, typer.Option(min=0.1, help="seconds between tries of a lost server")] = 10.0,
+    max_clips: Annotated[int | None, typer.Option(min=1, help="stop after this many clips")] = None,
+    once: Annotated[bool, typer.Option("--once", help="handle the clips there now, then stop")] = False,
+    queue_max_mb: Annotated[float, typer.Option(min=0.0, help="upload queue bound (MiB)")] = 512.0,
+    queue_max_clips: Annotated[int, typer.Option(min=0, help="upload queue bound (clips)")] = 10_000,
+    cache: CacheOpt = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Predict every new clip in FOLDER as one JSON line; fall back to this device when the server is unreachable
+    (≤ --timeout), and queue labelled uploads on disk until it is back (--upload-label)."""
+    from edge_client.cache import EdgeCache
+    from edge_client.watch import WatchConfig, Watcher
+
+    if split not in ("train", "val"):
+        fail(VpetlError(f"--split must be train or val, got {split!r}", code="invalid_request"))
+    if not folder.is_dir():
+        fail(VpetlError(f"{folder}: not a directory", code="invalid_request"))
+    config = WatchConfig(
+        folder=folder, task=task, local=local, upload_label=upload_label, split=split, topk=topk, interval=interval,
+        timeout=timeout, retry_every=retry_every, max_clips=max_clips, once=once,
+        queue_max_bytes=int(queue_max_mb * 2**20), queue_max_clips=queue_max_clips,
+    )  # fmt: skip
+    sink = out_file.open("a") if out_file else sys.stdout
+    say = lambda m: err.print(escape(m), soft_wrap=True)  # noqa: E731
+    watcher = Watcher(config, EdgeCache(cache), server, token, sink, say=say)
+    try:
+        with handled():
+            watcher.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
+        if out_file:
+            sink.close()
 
 
 def main() -> None:

@@ -456,15 +456,18 @@ class Client:
         return self._get("/backbone", BackboneInfo)
 
     def download_onnx(self, etag: str | None = None, *, dest: str | os.PathLike[str] | None = None,
-                      progress: Progress | None = None, family: str | None = None) -> OnnxDownload | None:
+                      progress: Progress | None = None, family: str | None = None, quant: str | None = None,
+                      task: str | None = None) -> OnnxDownload | None:
         """The backbone graph (adapter weights as inputs), streamed; None when ``etag`` is still current (304).
 
-        With ``dest`` the bytes go to that file atomically (a temp file next to it, then rename) and are checked
-        against the ETag (sha256 of the file); without it they are returned in ``data``.
+        ``quant="int8"`` asks for the int8 variant; ``task`` for that task's merged single-task graph (its current
+        adapter folded in: the clip is the only input). With ``dest`` the bytes go to that file atomically (a temp
+        file next to it, then rename) and are checked against the ETag (sha256 of the file); without it they are
+        returned in ``data``.
         """
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
-        response = self._send("GET", "/backbone/onnx", params={"family": family}, headers=headers, stream=True,
-                              ok=(304,))
+        params = {"family": family, "quant": quant, "task": task}
+        response = self._send("GET", "/backbone/onnx", params=params, headers=headers, stream=True, ok=(304,))
         if response.status_code == 304:
             response.close()
             return None
@@ -491,6 +494,14 @@ class Client:
         finally:
             tmp.unlink(missing_ok=True)
         return OnnxDownload(etag=tag or sink.hexdigest(), size=size, path=dest)
+
+    def graph_agreement(self, task: str, quant: str = "int8", merged: bool = False,
+                        family: str | None = None) -> dict[str, Any]:
+        """How a graph variant agrees with the fp32 graph on ``task``'s validation clips (the server measures it
+        with the task's current adapter): ``clips``, ``agree``, ``agreement`` (None: no clips), ``max_abs_logit_diff``.
+        """
+        params = {"task": task, "quant": quant, "merged": "true" if merged else None, "family": family}
+        return dict(self._send("GET", "/backbone/onnx/agreement", params=params).json())
 
     def health(self) -> bool:
         """True when ``/healthz`` answers 200 (no retries)."""
