@@ -26,8 +26,18 @@ from vpetl.petl.dualpath import make_framesets
 
 TINY = ("videomae-tiny", "swin3d-tiny", "clip-vit-tiny")
 ALL_METHODS = (
-    "adaptmlp", "bapat", "bitfit", "dualpath", "full", "linear", "lora", "patt", "prefix", "prefix_plain",
-    "st_adapter", "vpt",
+    "adaptmlp",
+    "bapat",
+    "bitfit",
+    "dualpath",
+    "full",
+    "linear",
+    "lora",
+    "patt",
+    "prefix",
+    "prefix_plain",
+    "st_adapter",
+    "vpt",
 )
 UNSUPPORTED = {
     ("vpt", "swin3d-tiny"),
@@ -272,8 +282,13 @@ def test_defaults_follow_the_spec() -> None:
     assert (lo.rank, lo.targets, lo.scaling) == (16, ("q", "v"), 1.0)
     prefix = make_config("prefix").to_dict()  # V-PETL Table 3's row: in the BAPAT scaffold (AdaptMLP r 64, s 0.1)
     assert prefix == {
-        "method": "prefix", "train_head": True, "num_tokens": 16, "bottleneck": 128, "mlp_bottleneck": 64,
-        "mlp_scale": 0.1, "mlp_mode": "parallel",
+        "method": "prefix",
+        "train_head": True,
+        "num_tokens": 16,
+        "bottleneck": 128,
+        "mlp_bottleneck": 64,
+        "mlp_scale": 0.1,
+        "mlp_mode": "parallel",
     }
     plain = make_config("prefix_plain").to_dict()
     assert plain == {"method": "prefix_plain", "train_head": True, "num_tokens": 16, "bottleneck": 128}

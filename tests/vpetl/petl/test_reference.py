@@ -98,9 +98,7 @@ def sincos(n: int, dim: int) -> Tensor:
     """VideoMAE's table: angle(p, j) = p / 10000^(2⌊j/2⌋/dim), sin on even j, cos on odd j."""
     rows = []
     for p in range(n):
-        rows.append([
-            (math.sin if j % 2 == 0 else math.cos)(p / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)
-        ])
+        rows.append([(math.sin if j % 2 == 0 else math.cos)(p / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)])
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -135,7 +133,7 @@ def ref_blocks(bb: Backbone, x: Tensor, hooks: Hooks, prefix_tokens: int) -> Ten
         else:
             c = h.shape[-1]
             w, b = a.qkv.weight, a.qkv.bias
-            q, k, v = lin(h, w[:c], b[:c]), lin(h, w[c:2 * c], b[c:2 * c]), lin(h, w[2 * c:], b[2 * c:])
+            q, k, v = lin(h, w[:c], b[:c]), lin(h, w[c : 2 * c], b[c : 2 * c]), lin(h, w[2 * c :], b[2 * c :])
         if hooks.qkv is not None:
             q, k, v = hooks.qkv(i, h, q, k, v)
         if hooks.extra_kv is not None:
@@ -153,7 +151,7 @@ def ref_blocks(bb: Backbone, x: Tensor, hooks: Hooks, prefix_tokens: int) -> Ten
             m = hooks.mlp_out(i, h, m)
         x = x + m
         if hooks.drop is not None and (n := hooks.drop(i)):
-            x = torch.cat([x[:, :prefix_tokens], x[:, prefix_tokens + n:]], dim=1)
+            x = torch.cat([x[:, :prefix_tokens], x[:, prefix_tokens + n :]], dim=1)
     return x
 
 
@@ -192,12 +190,13 @@ def patt_hooks(w: P, positions: tuple[str, ...], scale: Callable[[int], Tensor |
 
     def qkv(i: int, h: Tensor, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pre = f"blocks.{i}.patt."
-        p = lin(torch.tanh(lin(h, w[pre + "down.weight"], w[pre + "down.bias"])), w[pre + "up.weight"],
-                w[pre + "up.bias"])
+        p = lin(
+            torch.tanh(lin(h, w[pre + "down.weight"], w[pre + "down.bias"])), w[pre + "up.weight"], w[pre + "up.bias"]
+        )
         c = h.shape[-1]
         out = {"q": q, "k": k, "v": v}
         for j, slot in enumerate(positions):
-            out[slot] = out[slot] + scale(i) * p[..., j * c:(j + 1) * c]
+            out[slot] = out[slot] + scale(i) * p[..., j * c : (j + 1) * c]
         return out["q"], out["k"], out["v"]
 
     hk.qkv = qkv
@@ -239,8 +238,11 @@ def prefix_hooks(w: P) -> Hooks:
 
     def extra(i: int, rows: int) -> tuple[Tensor, Tensor]:
         pre = f"blocks.{i}.prefix."
-        kv = lin(torch.tanh(lin(w[pre + "embedding.weight"], w[pre + "fc1.weight"], w[pre + "fc1.bias"])),
-                 w[pre + "fc2.weight"], w[pre + "fc2.bias"])
+        kv = lin(
+            torch.tanh(lin(w[pre + "embedding.weight"], w[pre + "fc1.weight"], w[pre + "fc1.bias"])),
+            w[pre + "fc2.weight"],
+            w[pre + "fc2.bias"],
+        )
         c = kv.shape[-1] // 2
         return kv[:, :c].expand(rows, -1, -1), kv[:, c:].expand(rows, -1, -1)
 
@@ -324,8 +326,10 @@ def test_video_vit_method_matches_reference(method: str, opts: dict[str, Any]) -
 def test_frame_vit_method_matches_reference(method: str) -> None:
     """The same terms on the per-frame ViT: rows are frames, a CLS token leads (VPT prompts go after it)."""
     opts: dict[str, Any] = {
-        "patt": {"bottleneck": 8, "positions": ("q", "k", "v")}, "adaptmlp": {"bottleneck": 8, "scale": 0.7},
-        "lora": {"rank": 4, "alpha": 6.0, "targets": ("q", "k", "v")}, "prefix": {"num_tokens": 2, "bottleneck": 8},
+        "patt": {"bottleneck": 8, "positions": ("q", "k", "v")},
+        "adaptmlp": {"bottleneck": 8, "scale": 0.7},
+        "lora": {"rank": 4, "alpha": 6.0, "targets": ("q", "k", "v")},
+        "prefix": {"num_tokens": 2, "bottleneck": 8},
         "vpt": {"num_tokens": 2},
     }[method]
     model = build("vit-tiny", method, **opts)
@@ -345,8 +349,11 @@ def test_bitfit_trains_exactly_the_biases(tables: bool) -> None:
         model = create_model(name, make_config("bitfit", position_tables=tables), K)
         trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
         want = {
-            n for n, _ in model.backbone.named_parameters()
-            if n.endswith(".bias") or n.endswith("q_bias") or n.endswith("v_bias")
+            n
+            for n, _ in model.backbone.named_parameters()
+            if n.endswith(".bias")
+            or n.endswith("q_bias")
+            or n.endswith("v_bias")
             or (tables and n.endswith(".attn.relative_position_bias_table"))
         }
         assert trainable == want and want
@@ -424,7 +431,7 @@ def framesets(x: Tensor, g: int, num: int) -> Tensor:
             for col in range(g):
                 f = x[:, :, idx[n * g * g + r * g + col]]  # (B, C, H, W)
                 small = f.reshape(b, c, sh, g, sw, g).mean(dim=(3, 5))  # box filter ×1/g
-                out[:, :, n, r * sh:(r + 1) * sh, col * sw:(col + 1) * sw] = small
+                out[:, :, n, r * sh : (r + 1) * sh, col * sw : (col + 1) * sw] = small
     return out
 
 
@@ -442,8 +449,16 @@ def test_dualpath_matches_reference(opts: dict[str, Any]) -> None:
 
     # vit-tiny (GELU, no ln_pre: the reference's frame ViT) served with 16-frame clips, as clip-vit-b16 is.
     spec = InputSpec(num_frames=16, sampling="uniform", size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
-    model = create_model(create_backbone("vit-tiny", input_spec=spec), make_config("dualpath", bottleneck=8,
-                         scale=0.7, **opts), K, seed=0).double().eval()
+    model = (
+        create_model(
+            create_backbone("vit-tiny", input_spec=spec),
+            make_config("dualpath", bottleneck=8, scale=0.7, **opts),
+            K,
+            seed=0,
+        )
+        .double()
+        .eval()
+    )
     randomize(model, 100)
     bb = model.backbone
     x = clip_for(bb)
@@ -452,8 +467,9 @@ def test_dualpath_matches_reference(opts: dict[str, Any]) -> None:
 
     def term(i: int, which: str, src: Tensor) -> Tensor:
         pre = f"blocks.{i}.dualpath.{which}."
-        return s * lin(gelu(lin(src, w[pre + "down.weight"], w[pre + "down.bias"])), w[pre + "up.weight"],
-                       w[pre + "up.bias"])
+        return s * lin(
+            gelu(lin(src, w[pre + "down.weight"], w[pre + "down.bias"])), w[pre + "up.weight"], w[pre + "up.bias"]
+        )
 
     spatial = Hooks()  # parallel: beside attention (input LN1 x) and beside the MLP (input LN2 x)
     spatial.attn_out = lambda i, h, y: y + term(i, "spatial_attn", h)
@@ -491,10 +507,16 @@ def rel_bias(table: Tensor, ws: tuple[int, int, int], full: tuple[int, int, int]
     (Δd, Δh, Δw) + (full − 1), row-major) sliced ``[:N, :N]`` for an effective window of N tokens."""
     coords = [(d, h, w) for d in range(full[0]) for h in range(full[1]) for w in range(full[2])]
     n = ws[0] * ws[1] * ws[2]
-    idx = torch.tensor([
-        [((a[0] - b[0] + full[0] - 1) * (2 * full[1] - 1) + (a[1] - b[1] + full[1] - 1)) * (2 * full[2] - 1)
-         + (a[2] - b[2] + full[2] - 1) for b in coords[:n]] for a in coords[:n]
-    ])
+    idx = torch.tensor(
+        [
+            [
+                ((a[0] - b[0] + full[0] - 1) * (2 * full[1] - 1) + (a[1] - b[1] + full[1] - 1)) * (2 * full[2] - 1)
+                + (a[2] - b[2] + full[2] - 1)
+                for b in coords[:n]
+            ]
+            for a in coords[:n]
+        ]
+    )
     return table[idx].permute(2, 0, 1)
 
 
@@ -531,7 +553,7 @@ def test_swin_block_methods_match_reference(method: str, opts: dict[str, Any]) -
     for i, blk in enumerate(blocks):
         mod, (h, ws, mask, nw, *_), out = seen["attn"][i]
         c = h.shape[-1]
-        q, k, v = (lin(h, mod.qkv.weight[j * c:(j + 1) * c], mod.qkv.bias[j * c:(j + 1) * c]) for j in range(3))
+        q, k, v = (lin(h, mod.qkv.weight[j * c : (j + 1) * c], mod.qkv.bias[j * c : (j + 1) * c]) for j in range(3))
         if hooks.qkv is not None:
             q, k, v = hooks.qkv(i, h, q, k, v)
         bias = rel_bias(mod.relative_position_bias_table, ws, mod.window_size)  # (nH, N, N)
