@@ -11,6 +11,7 @@ const main = document.getElementById("main");
 const banner = document.getElementById("error");
 let generation = 0;
 let timers = [];
+let carried = null; // a notice for the page a navigation leads to (the banner is cleared on every navigation)
 
 function showError(error) {
   banner.classList.remove("notice");
@@ -29,6 +30,10 @@ function makeContext(mine) {
     stale: () => mine !== generation,
     notice,
     reload: () => route(true),
+    navigate: (hash, message) => {
+      carried = message;
+      location.hash = hash;
+    },
     // run an action; an API error is shown as the API's message (or handed to onError)
     guard: async (action, onError) => {
       try {
@@ -58,7 +63,10 @@ async function route(keepBanner = false) {
   generation++;
   timers.forEach(clearInterval);
   timers = [];
-  if (!keepBanner) banner.hidden = true;
+  if (carried) {
+    notice(carried);
+    carried = null;
+  } else if (!keepBanner) banner.hidden = true;
   const hash = location.hash.replace(/^#\/?/, "") || "tasks";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");

@@ -147,7 +147,6 @@ async function remove(name, versions, ctx) {
   if (!(await confirmAction(`Delete ${name} and its ${versions} version(s)? Its uploaded clips stay.`))) return;
   await ctx.guard(async () => {
     await request("DELETE", `/adapters/${encodeURIComponent(name)}`);
-    ctx.notice(`${name} deleted.`);
-    location.hash = "#/tasks";
+    ctx.navigate("#/tasks", `${name} deleted.`);
   });
 }

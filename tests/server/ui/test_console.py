@@ -420,7 +420,7 @@ def test_a_thousand_tasks_are_paged(page: Any, server: ServerProcess, http: http
 
 def test_open_mode_writes_pass_the_loopback_guard(browser: Any, redis_server_url: str, tmp_path: Path) -> None:
     """A server with no token (``vpetl up``): the console's own writes carry its origin, which the loopback guard
-    accepts, so a rollback needs no token and no prompt."""
+    accepts, so a rollback and a delete need no token and no prompt."""
     url = db_url(redis_server_url, 15)
     flush(url)
     args = ["--redis-url", url, "--backbone", BACKBONE, "--data-dir", str(tmp_path / "data")]
@@ -439,6 +439,13 @@ def test_open_mode_writes_pass_the_loopback_guard(browser: Any, redis_server_url
             wait_for("v1 serving", lambda: text_of(browser, "#current-version") == "v1")
             assert not dialog_open(browser, "token-dialog")
             assert client.get("/adapters/open").json()["version"] == 1
+            # delete: confirmed in the dialog, then the task is gone and the console is back on the list
+            browser.find_element("id", "delete-task").click()
+            browser.find_element("id", "confirm-ok").click()
+            wait_for("the task list", lambda: browser.find_elements("id", "no-tasks"))
+            assert text_of(browser, "#error") == "open deleted."
+            gone = client.get("/adapters/open")
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_task"
             assert console_errors(browser) == []
     finally:
         proc.stop()
