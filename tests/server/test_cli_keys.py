@@ -48,3 +48,15 @@ def test_refusals_exit_2_with_the_error_code(redis_url: str, tmp_path: Path, mon
     assert json.loads(_run("keys", "list", "--redis-url", redis_url, "--json")[1]) == {"keys": []}
     code, out = _run("keys", "list", "--data-dir", str(tmp_path))  # no --redis-url and no embedded Redis there
     assert code == 2 and "--redis-url" in out
+
+
+def test_the_embedded_redis_of_vpetl_up_is_found_by_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --redis-url: the unix socket of the redis-server `vpetl up` / `vpetl serve` start under --data-dir."""
+    from vpetl.store import EmbeddedRedis
+
+    monkeypatch.delenv("VPETL_REDIS_URL", raising=False)
+    with EmbeddedRedis(tmp_path / "redis"):
+        code, out = _run("keys", "create", "lab", "-s", "read", "--data-dir", str(tmp_path), "--json")
+        assert code == 0, out
+        listed = json.loads(_run("keys", "list", "--data-dir", str(tmp_path), "--json")[1])["keys"]
+        assert [k["name"] for k in listed] == ["lab"]
