@@ -25,7 +25,9 @@ function progressBar(job) {
 function jobRow(job) {
   const p = job.progress || {};
   const r = job.result || {};
-  const top1 = r.val_top1 ?? p.val_top1;
+  // a step event carries no validation figures: fall back to the last evaluated epoch's
+  const evaluated = (Array.isArray(p.history) ? p.history : []).filter((h) => typeof h.val_top1 === "number");
+  const top1 = r.val_top1 ?? p.val_top1 ?? evaluated.at(-1)?.val_top1;
   return el(
     "tr",
     { dataset: { job: job.id, state: job.state } },
