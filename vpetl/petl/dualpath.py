@@ -4,7 +4,7 @@ Its backbone is CLIP ViT-B/16 (``clip-vit-b16``, the method's ``default_backbone
 
 - **Frames**: the clip holds the temporal path's frames; each path samples its own from it, one frame at the start
   of each of n equal segments (``(i·T) // n``), so no frame is used twice. Table A1 (K400): the spatial path takes
-  T_S = 8 frames at rate 16, the temporal path 16·T_G frames at rate 8/T_G (16 at rate 8 for T_G = 1): over the
+  T_S = 8 frames at rate 16, the temporal path 16·T_G frames at rate 8, 4, 2 for T_G = 1, 2, 3: for T_G ≤ 2 over the
   same span, so a 16-frame clip at rate 8 gives both — the temporal path all 16, the spatial path every other one.
   A clip with fewer than max(T_S, T_G·g²) frames is refused (the backbone's input spec is checked when a model or
   an uploaded adapter is built, the clip itself in ``features``). For T_G = 3 (48 frames at rate 2) the spatial
