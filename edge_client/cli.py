@@ -52,7 +52,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 
 ServerOpt = Annotated[str, typer.Option("--server", envvar="VPETL_SERVER", help="server base URL")]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", envvar="VPETL_TOKEN", help="bearer token for write routes", show_default=False)
+    str | None, typer.Option("--token", envvar="VPETL_TOKEN", help="API key or admin token", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 CacheOpt = Annotated[

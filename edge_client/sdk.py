@@ -13,7 +13,7 @@
 - **Errors**: a ``{"error": {"code", "message"}}`` body raises the :mod:`vpetl.errors` class with that code
   (``unknown_task`` → :class:`~vpetl.errors.UnknownTask`, …); unknown codes raise a plain ``VpetlError`` carrying the
   code. Every raised error has ``http_status``. A server that cannot be reached raises :class:`ConnectionFailed`.
-- **Token**: the ``token`` argument or ``VPETL_TOKEN``, sent as ``Authorization: Bearer …`` (write routes need it).
+- **Token**: the ``token`` argument or ``VPETL_TOKEN``, sent as ``Authorization: Bearer …`` on every request.
 - **Counting**: ``client.stats`` counts response body bytes (all, adapters, ONNX) — a ``sync`` with nothing new must
   move no adapter bytes, and tests and the benchmark check that by counting.
 """
@@ -203,7 +203,7 @@ class Client:
 
     Args:
         server: base URL (default ``VPETL_SERVER`` or http://127.0.0.1:8000).
-        token: bearer token for write routes (default ``VPETL_TOKEN``).
+        token: API key or admin token, sent on every request (default ``VPETL_TOKEN``).
         timeout: seconds per request (connect, read and write each).
         retries: how many times a refused connection or a 503 is retried (0 = never).
         backoff: first wait in seconds; doubled per retry, capped by ``max_backoff``.
