@@ -23,7 +23,9 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("edge-venv")
     venv.create(root, with_pip=True)
     pip = [str(root / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    proc = subprocess.run([*pip, f"{REPO}[edge]"], capture_output=True, text=True, timeout=900)
+    # the lock as constraints: the edge gets the very versions `make install` does
+    proc = subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), f"{REPO}[edge]"], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -61,3 +63,14 @@ def test_edge_install_has_no_torch_and_predicts_locally(edge_venv: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(proc.stdout)
     assert result["local"] is True and result["task"] == "demo" and len(result["predictions"]) >= 1
+
+
+def test_the_installed_package_ships_the_console(edge_venv: Path) -> None:
+    """A non-editable install carries the web console's static files (package data), so /ui works from a wheel."""
+    python = edge_venv / "bin" / "python"
+    code = ("import importlib.resources as r; d = r.files('server') / 'static'; "
+            "print(sorted(p.name for p in d.iterdir()))")  # fmt: skip
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    shipped = set(json.loads(proc.stdout.replace("'", '"')))
+    assert shipped == {p.name for p in (REPO / "server" / "static").iterdir()}
