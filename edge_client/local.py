@@ -42,8 +42,9 @@ class LocalTask:
         warn: called with a one-line message when the server is unreachable and the cache is used.
     """
 
-    def __init__(self, cache: EdgeCache, task: str, version: int | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, cache: EdgeCache, task: str, version: int | None = None, warn: Callable[[str], None] | None = None
+    ) -> None:
         self.cache, self.task, self.version = cache, task, version
         self._warn = warn or (lambda message: logger.warning("%s", message))
         self.runner: Runner | None = None
@@ -52,8 +53,15 @@ class LocalTask:
         self.entry_version: int | None = None
         self.online = True
 
-    def refresh(self, client: Client, quick: Client | None = None, *, offline: bool = False,
-                progress_adapter: Progress | None = None, progress_graph: Progress | None = None) -> str:
+    def refresh(
+        self,
+        client: Client,
+        quick: Client | None = None,
+        *,
+        offline: bool = False,
+        progress_adapter: Progress | None = None,
+        progress_graph: Progress | None = None,
+    ) -> str:
         """Bring the adapter up to date (one conditional GET) and make sure a graph for it is cached.
 
         ``quick`` is used for the check when a usable adapter is cached (it falls back to it when the server is
@@ -67,8 +75,9 @@ class LocalTask:
             if offline and usable:
                 raise ConnectionFailed("the server is known to be unreachable")
             # keep the dtype a `sync --dtype` chose: a re-download is not "current"
-            entry, changed = self.cache.pull_adapter(checker, self.task, self.version, progress=progress_adapter,
-                                                     dtype=kept.dtype if kept else None)
+            entry, changed = self.cache.pull_adapter(
+                checker, self.task, self.version, progress=progress_adapter, dtype=kept.dtype if kept else None
+            )
             state, self.online = ("updated" if changed else "current"), True
         except ConnectionFailed:
             if not usable:

@@ -94,8 +94,15 @@ class UploadQueue:
         tmp = self.root / f".{sha}.{os.getpid()}.tmp"
         shutil.copyfile(clip, tmp)
         os.replace(tmp, self.root / f"{sha}{suffix}")
-        meta = {"task": task, "label": label, "split": split, "clip": str(clip), "suffix": suffix,
-                "queued_at": _now(), "queued_ns": time.time_ns()}
+        meta = {
+            "task": task,
+            "label": label,
+            "split": split,
+            "clip": str(clip),
+            "suffix": suffix,
+            "queued_at": _now(),
+            "queued_ns": time.time_ns(),
+        }
         tmp_meta = self.root / f".{sha}.json.tmp"
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, self.root / f"{sha}.json")
@@ -120,8 +127,9 @@ class UploadQueue:
                     rejected = self.root / "rejected"
                     rejected.mkdir(exist_ok=True)
                     shutil.move(entry.blob, rejected / entry.blob.name)
-                    (rejected / f"{entry.sha256}.json").write_text(json.dumps({**m, "error": e.message,
-                                                                              "code": e.code}))
+                    (rejected / f"{entry.sha256}.json").write_text(
+                        json.dumps({**m, "error": e.message, "code": e.code})
+                    )
                     (self.root / f"{entry.sha256}.json").unlink(missing_ok=True)
                     done["rejected"] += 1
                     continue
@@ -185,8 +193,9 @@ class Watcher:
     # ------------------------------------------------------------------------------------------------ steps
     def _went_offline(self, why: str) -> None:
         if self.online:
-            self.say(f"server unreachable ({why}); predicting on this device, retrying every "
-                     f"{self.config.retry_every:g} s")
+            self.say(
+                f"server unreachable ({why}); predicting on this device, retrying every {self.config.retry_every:g} s"
+            )
         self.online, self._next_try = False, self.clock() + self.config.retry_every
 
     def _maybe_back(self) -> None:
@@ -231,8 +240,13 @@ class Watcher:
         if not c.local and self.online:
             try:
                 r = self.quick.predict(clip, c.task, topk=c.topk)
-                return {"clip": str(clip), "source": "server", "fallback": False, "local": False,
-                        **r.model_dump(mode="json")}
+                return {
+                    "clip": str(clip),
+                    "source": "server",
+                    "fallback": False,
+                    "local": False,
+                    **r.model_dump(mode="json"),
+                }
             except ConnectionFailed as e:
                 self._went_offline(type(e.__cause__).__name__ if e.__cause__ else "connection failed")
                 fallback = True
@@ -259,9 +273,11 @@ class Watcher:
             line["upload"] = state
             if state == "full":
                 count, size = self.queue.usage()
-                self.say(f"upload queue full ({count} clips, {size / 2**20:.1f} MiB; limits "
-                         f"{self.queue.max_clips} clips, {self.queue.max_bytes / 2**20:.1f} MiB): {clip.name} not "
-                         f"queued for upload — it is still predicted; free {self.queue.root} or raise --queue-max-mb")
+                self.say(
+                    f"upload queue full ({count} clips, {size / 2**20:.1f} MiB; limits "
+                    f"{self.queue.max_clips} clips, {self.queue.max_bytes / 2**20:.1f} MiB): {clip.name} not "
+                    f"queued for upload — it is still predicted; free {self.queue.root} or raise --queue-max-mb"
+                )
         self._emit(line)
         self.handled += 1
         self._flush()

@@ -158,8 +158,9 @@ def test_watch_falls_back_queues_uploads_and_resends_when_the_server_is_back(
     assert counts["counts"]["val"] == {"walk": 3} and counts["total"] == 3, counts
 
 
-def test_fallback_from_a_hung_server_takes_under_2s(hung: str, tiny_graphs: dict[str, Path], mp4_clip: Path,
-                                                   tmp_path: Path) -> None:
+def test_fallback_from_a_hung_server_takes_under_2s(
+    hung: str, tiny_graphs: dict[str, Path], mp4_clip: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     with FakeServer() as fake, Client(fake.url) as c:
         fake.state.publish("demo", make_adapter("bapat", {"bottleneck": 8}, task="demo")[1])
@@ -217,8 +218,9 @@ def test_upload_queue_is_bounded_and_at_least_once(tmp_path: Path, mp4_clip: Pat
     assert small.put(mp4_clip, "t", "walk", "train") == "full"  # the byte bound too
 
 
-def test_watch_reports_a_full_queue_and_keeps_predicting(tiny_graphs: dict[str, Path], mp4_clip: Path,
-                                                         tmp_path: Path) -> None:
+def test_watch_reports_a_full_queue_and_keeps_predicting(
+    tiny_graphs: dict[str, Path], mp4_clip: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     with FakeServer() as fake, Client(fake.url) as c:
         fake.state.publish("demo", make_adapter("bapat", {"bottleneck": 8}, task="demo")[1])
