@@ -98,3 +98,17 @@ def test_a_revocation_whose_event_is_lost_still_lands_within_a_second(replicas: 
         client.close()
     took = _until(servers, token, (403, "key_revoked"))
     assert max(took) <= WITHIN_S, took
+
+
+def test_the_rate_limit_is_one_bucket_across_replicas(replicas: tuple[str, list[str]]) -> None:
+    url, (a, b) = replicas
+    token = _cli("keys", "create", "camera 3", "--scope", "read", "--rps", "0.2", "--burst", "2", "--redis-url", url)[
+        "token"
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert max(_until([a, b], token, (200, None))) <= WITHIN_S  # known to both: each took a token (burst 2)
+    r = httpx.get(b + "/backbone", headers=headers, timeout=5)  # the bucket the two requests above emptied
+    assert (r.status_code, error_code(r)) == (429, "rate_limited")
+    assert 1 <= int(r.headers["retry-after"]) <= 5  # the next token in up to 1 / 0.2 s
+    r = httpx.get(a + "/backbone", headers=headers, timeout=5)
+    assert r.status_code == 429
