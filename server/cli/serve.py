@@ -48,7 +48,7 @@ def serve_local(settings: Settings, log_level: str, ready: Ready | None = None) 
     try:
         err_console.print(
             f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine local, backbone "
-            f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs)",
+            f"{services.backbone.name}, redis {redact_url(services.redis_url)}; API docs at /docs, console at /ui/)",
             soft_wrap=True,
         )
         line = _ready_line(settings, "local", services.backbone.name, services.identity.sha256)
@@ -104,7 +104,7 @@ def serve_ray(settings: Settings, log_level: str, ready: Ready | None = None) ->
         serve.run(build_app(replica_args(settings)), name=APP_NAME, route_prefix="/")
         err_console.print(
             f"[bold]vpetl[/] serving on http://{settings.host}:{settings.port} (engine ray, {settings.replicas} "
-            f"predictor replica(s), redis {redact_url(str(settings.redis_url))}; API docs at /docs)",
+            f"predictor replica(s), redis {redact_url(str(settings.redis_url))}; API docs at /docs, console at /ui/)",
             soft_wrap=True,
         )
         if ready is not None:  # serve.run returned: the ingress and the predictor replicas are up
