@@ -156,7 +156,8 @@ def up(
         sample = _sample_clip(data_dir)
         base = f"http://{host}:{port}"
         out.print(
-            f"\n[bold green]ready[/] in {time.perf_counter() - started:.0f} s — {base} (API docs: {base}/docs)"
+            f"\n[bold green]ready[/] in {time.perf_counter() - started:.0f} s — {base} (API docs: {base}/docs, "
+            f"web console: {base}/ui/)"
         )
         if sample is not None:
             out.print(f"sample clip: {sample}", soft_wrap=True)
