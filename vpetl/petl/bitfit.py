@@ -16,10 +16,12 @@ by the hooks alone (on Swin they run as per-task sub-batches).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vpetl.backbones.base import Backbone
+from vpetl.errors import InvalidRequest, VpetlError
 from vpetl.petl.base import Method, MethodConfig, check_bool
 from vpetl.petl.registry import register_method
 
@@ -42,6 +44,14 @@ class BitfitConfig(MethodConfig):
     method: ClassVar[str] = "bitfit"
 
     position_tables: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, error: type[VpetlError] = InvalidRequest) -> MethodConfig:
+        """Strict as the base, except that an adapter file written before ``position_tables`` existed (no such
+        key; it trained the biases alone) reads as ``position_tables=False``: it serves exactly as it did."""
+        if isinstance(data, Mapping) and "position_tables" not in data:
+            data = {**data, "position_tables": False}
+        return super().from_dict(data, error=error)
 
     def _validate(self) -> None:
         check_bool(self, "position_tables")

@@ -18,14 +18,16 @@ Tensor names: ``blocks.{i}.prefix.embedding.weight``, ``blocks.{i}.prefix.fc1.{w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.hooks import BlockContext
+from vpetl.errors import InvalidRequest, VpetlError
 from vpetl.petl import functional as PF
 from vpetl.petl.adaptmlp import MODES, adaptmlp_adapters
 from vpetl.petl.base import Method, MethodAdapter, MethodConfig, check_choice, check_float, check_int
@@ -74,6 +76,18 @@ class PrefixConfig(MethodConfig):
     mlp_bottleneck: int = 64
     mlp_scale: float = 0.1
     mlp_mode: str = "parallel"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, error: type[VpetlError] = InvalidRequest) -> MethodConfig:
+        """Strict as the base, except that an adapter file written when ``prefix`` was the plain prefix (its
+        config has no ``mlp_*`` key, and its tensors no AdaptMLP) reads as ``prefix_plain``: it serves exactly as
+        it did."""
+        mlp_keys = ("mlp_bottleneck", "mlp_scale", "mlp_mode")
+        if isinstance(data, Mapping) and data.get("method", cls.method) == cls.method and not any(
+            k in data for k in mlp_keys
+        ):
+            return PrefixPlainConfig.from_dict({**data, "method": PrefixPlainConfig.method}, error=error)
+        return super().from_dict(data, error=error)
 
     def _validate(self) -> None:
         check_int(self, "num_tokens")
