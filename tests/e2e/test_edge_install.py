@@ -60,9 +60,19 @@ def test_edge_install_has_no_torch_and_predicts_locally(edge_venv: Path, tmp_pat
             [str(cli), "predict", str(clip), "--task", "demo", "--local", "--json", "--server", fake.url],
             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
         )
+        folder = tmp_path / "camera"
+        folder.mkdir()
+        (folder / "seg.mp4").write_bytes(clip.read_bytes())
+        watched = subprocess.run(
+            [str(cli), "watch", str(folder), "--task", "demo", "--local", "--once", "--interval", "0.1",
+             "--server", fake.url], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(proc.stdout)
     assert result["local"] is True and result["task"] == "demo" and len(result["predictions"]) >= 1
+    assert watched.returncode == 0, watched.stderr[-3000:]
+    (line,) = [json.loads(x) for x in watched.stdout.splitlines()]
+    assert line["source"] == "local" and line["predictions"] == result["predictions"]
 
 
 def test_the_installed_package_ships_the_console(edge_venv: Path) -> None:
