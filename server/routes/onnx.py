@@ -230,14 +230,16 @@ async def backbone_onnx_agreement(
         raise InvalidRequest("the fp32 shared graph is the reference: ask for quant=int8 and/or merged=true")
     reference, _ = await ensure_graph(request, services, fam)
     variant, variant_sha = await ensure_graph(request, services, fam, quant, (sha256, data) if merged else None)
-    record = variant.with_suffix(f".agreement-{sha256[:16]}.json")
+    clips = (await asyncio.to_thread(services.clips.list_clips, task, "val"))[:MAX_AGREEMENT_CLIPS]
+    # one record per (variant, adapter, validation set): a clip uploaded later is a new measurement
+    key = hashlib.sha256(" ".join([sha256, *(c.sha256 for c in clips)]).encode()).hexdigest()[:16]
+    record = variant.with_suffix(f".agreement-{key}.json")
     if record.is_file():
         try:
             return GraphAgreement.model_validate_json(record.read_text())
         except ValueError:
             pass  # a damaged record is recomputed
-    clips = await asyncio.to_thread(services.clips.list_clips, task, "val")
-    result = await asyncio.to_thread(_agreement, services, fam, reference, variant, data, clips[:MAX_AGREEMENT_CLIPS])
+    result = await asyncio.to_thread(_agreement, services, fam, reference, variant, data, clips)
     answer = GraphAgreement(task=task, family=fam, quant=quant, merged=merged, graph_sha256=variant_sha,
                             adapter_sha256=sha256, **result)
     tmp = record.with_suffix(".tmp")
