@@ -13,8 +13,11 @@ three credentials on ``GET /backbone`` (the cheapest authenticated route), end t
 arms alternate within each repeat, so they see the same machine load; the ratio to ``admin`` is the key check's
 share of a whole request.
 
-Run: ``python benchmarks/auth.py [--repeats 5] [--requests 2000] [--http] [--json]``. Each figure is the median
-over ``--repeats`` runs of that run's p50 (spread: min–max of the runs' p50s).
+``--revocation`` (with ``--http``) adds a second ``vpetl serve`` on the same Redis and times a revocation until both
+refuse the key (target: 1 s): through the key event, and with the event lost (the periodic check alone).
+
+Run: ``python benchmarks/auth.py [--repeats 5] [--requests 2000] [--http [--revocation]] [--json]``. Each figure
+is the median over ``--repeats`` runs of that run's p50 (spread: min–max of the runs' p50s).
 """
 
 from __future__ import annotations
@@ -90,6 +93,50 @@ def _http_run(base: str, headers: dict[str, str], requests: int) -> dict[str, fl
     return {arm: statistics.median(t) * 1000 for arm, t in times.items()}
 
 
+def _until_refused(bases: list[str], header: str, started: float, limit_s: float = 5.0) -> float:
+    """Seconds from ``started`` until every server refuses ``header`` (403), polling them in turn."""
+    pending = list(bases)
+    with httpx.Client(timeout=5) as client:
+        while pending:
+            pending = [b for b in pending if client.get(b + "/backbone", headers={"Authorization": header}).status_code
+                       != 403]  # fmt: skip
+            if time.perf_counter() - started > limit_s:
+                raise RuntimeError(f"not refused after {limit_s} s by {pending}")
+    return time.perf_counter() - started
+
+
+def _revocations(redis_url: str, bases: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """Revoke a key seen by both servers; time until both refuse it: via the event (``vpetl keys revoke``), and
+    with the event lost (the record and generation written without PUBLISH: the periodic check alone)."""
+    from vpetl.store import keys as k
+    from vpetl.store.apikeys import ApiKeyStore
+    from vpetl.store.clients import redis_client
+
+    store = ApiKeyStore(redis_client(redis_url))
+    times: dict[str, list[float]] = {"event": [], "periodic check only": []}
+    try:
+        for _ in range(repeats):
+            for arm in times:
+                token, record = store.create("revoked soon", ["read"])
+                bearer = {"Authorization": f"Bearer {token}"}
+                for base in bases:  # both servers know it (and hold it in their caches)
+                    assert httpx.get(base + "/backbone", headers=bearer).status_code == 200
+                started = time.perf_counter()
+                if arm == "event":
+                    store.revoke(record.id)
+                else:
+                    record.revoked_at = time.time()
+                    pipe = store.redis.pipeline(transaction=True)
+                    pipe.hset(k.API_KEYS, record.id, record.model_dump_json())
+                    pipe.incr(k.API_KEYS_GENERATION)
+                    pipe.execute()
+                times[arm].append(_until_refused(bases, f"Bearer {token}", started))
+    finally:
+        store.redis.close()
+    return {arm: {"p50_ms": round(statistics.median(t) * 1000, 1), "max_ms": round(max(t) * 1000, 1)}
+            for arm, t in times.items()}  # fmt: skip
+
+
 def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     out = {}
     for arm in runs[0]:
@@ -102,7 +149,7 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run(repeats: int, requests: int, http: bool) -> dict[str, Any]:
+def run(repeats: int, requests: int, http: bool, revocation: bool = False) -> dict[str, Any]:
     from vpetl.store.embedded import EmbeddedRedis
 
     with (
@@ -123,6 +170,10 @@ def run(repeats: int, requests: int, http: bool) -> dict[str, Any]:
             with ServeProcess("local", url, args, Path(tmp) / "serve.log") as server:
                 _http_run(server.url, headers, 50)  # warm-up: connections, caches
                 result["http"] = _summary([_http_run(server.url, headers, requests) for _ in range(repeats)])
+                if revocation:  # a second replica on the same Redis
+                    args2 = [*args[:3], str(Path(tmp) / "data2"), *args[4:]]
+                    with ServeProcess("local", url, args2, Path(tmp) / "serve2.log") as second:
+                        result["revocation"] = _revocations(url, [server.url, second.url], repeats)
     return result
 
 
@@ -131,12 +182,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000, help="requests per arm per repeat")
     parser.add_argument("--http", action="store_true", help="also time GET /backbone on a real vpetl serve")
+    parser.add_argument("--revocation", action="store_true", help="with --http: revocation time on two replicas")
     parser.add_argument("--quick", action="store_true", help="a few hundred checks, no server (tests)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.requests, args.http = 2, 200, False
-    result = run(args.repeats, args.requests, args.http)
+    result = run(args.repeats, args.requests, args.http, args.revocation)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -144,6 +196,8 @@ def main() -> None:
         for arm, row in result.get(section, {}).items():
             print(f"{section:5} {arm:8} p50 {row['p50_ms']:.4f} ms (runs {row['min_ms']:.4f}–{row['max_ms']:.4f}) "
                   f"x{row['vs_admin']:.2f} vs admin token")  # fmt: skip
+    for arm, row in result.get("revocation", {}).items():
+        print(f"revoked on both replicas ({arm}): p50 {row['p50_ms']:.1f} ms, max {row['max_ms']:.1f} ms (target 1 s)")
     verdict = "met" if result["check_meets_target"] else "MISSED"
     print(f"target: check p50 <= {TARGET_MS} ms with the rps bucket: {verdict}")
 
