@@ -155,3 +155,36 @@ def test_key_layout_puts_each_keys_counters_in_one_slot() -> None:
     assert key_slot(k.API_KEYS.encode()) == key_slot(k.API_KEYS_GENERATION.encode())  # one MULTI/EXEC
     with pytest.raises(InvalidRequest):
         k.key_bucket_key("../x")
+
+
+def test_a_servers_key_cache_follows_key_events(redis_url: str) -> None:
+    """server.auth.KeyCache on this Redis (standalone and Cluster: pub/sub and the {auth} slot): a created and a
+    revoked key reach a started cache through the event, well before its periodic check (set to 30 s here)."""
+    from server.auth import KeyCache
+
+    async def run() -> tuple[float, float]:
+        aclient = async_redis_client(redis_url)
+        cache = KeyCache(aclient, check_s=30.0)
+        sync = redis_client(redis_url)
+        try:
+            await cache.start()
+            await asyncio.sleep(0.3)  # the listener subscribes
+            started = time.monotonic()
+            _, record = ApiKeyStore(sync).create("watched", ["read"])
+            while record.id not in cache.records:
+                assert time.monotonic() - started < 2.0, "the create event never arrived"
+                await asyncio.sleep(0.01)
+            created = time.monotonic() - started
+            started = time.monotonic()
+            ApiKeyStore(sync).revoke(record.id)
+            while cache.records[record.id].state() != "revoked":
+                assert time.monotonic() - started < 2.0, "the revoke event never arrived"
+                await asyncio.sleep(0.01)
+            return created, time.monotonic() - started
+        finally:
+            await cache.stop()
+            await aclient.aclose()
+            sync.close()
+
+    created, revoked = asyncio.run(run())
+    assert created < 1.0 and revoked < 1.0
