@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.auth import Principal
 from server.services import Services
@@ -46,6 +47,9 @@ def principal(request: Request) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]
+# Only for the OpenAPI document (the lock and /docs' Authorize button): AuthMiddleware has checked the header already.
+BEARER = HTTPBearer(auto_error=False, description="an API key (vpk_…) or the admin token")
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
 
 def require(scope: str | None) -> Any:
@@ -53,7 +57,7 @@ def require(scope: str | None) -> Any:
     authenticated caller (the middleware already refused everyone else). Every route declares one: the table
     test (tests/server/test_auth_routes.py) fails on a route that does not."""
 
-    def check(request: Request) -> Principal:
+    def check(request: Request, _: BearerDoc = None) -> Principal:
         caller = principal(request)
         if scope is not None:
             caller.require(scope)

@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from server.deps import ServicesDep, principal
+from server.deps import BearerDoc, ServicesDep, principal
 from server.errors import NotReady
 from server.metrics import CONTENT_TYPE_LATEST
 from server.routes.common import error_responses
@@ -45,7 +45,7 @@ async def readyz(services: ServicesDep) -> ReadyResponse:
     return ReadyResponse(checks=checks, replicas=replicas)
 
 
-def metrics_access(request: Request, services: ServicesDep) -> None:
+def metrics_access(request: Request, services: ServicesDep, _: BearerDoc = None) -> None:
     """``/metrics`` needs the admin scope (its labels name tasks) unless ``metrics_public`` lets a scraper in
     without a key (``server/auth.py``'s allow-list)."""
     if not services.settings.metrics_public:
@@ -61,7 +61,7 @@ metrics_access.required_scope = "admin"  # type: ignore[attr-defined]  # read by
     response_class=Response,
     response_model=None,
     summary="Prometheus metrics",
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **error_responses(401, 403)},
 )
 async def metrics(services: ServicesDep) -> Response:
     try:
