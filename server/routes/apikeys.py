@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.deps import TASK_PATTERN, AdminDep, ServicesDep
+from server.deps import TASK_SCHEMA, AdminDep, ServicesDep, _check_task
 from server.routes.common import error_responses
 from server.routes.jsonbody import json_body_schema, parse_json_body, read_json
 from vpetl.store.apikeys import ApiKeyStore
@@ -121,9 +121,9 @@ async def revoke_key(
 async def audit(
     services: ServicesDep,
     count: Annotated[int, Query(ge=1, le=1000, description="entries to return")] = 100,
-    task: Annotated[
-        str | None, Query(description="only this task's entries", pattern=TASK_PATTERN, min_length=1, max_length=64)
-    ] = None,
+    task: Annotated[str | None, Query(description="only this task's entries", json_schema_extra=TASK_SCHEMA)] = None,
 ) -> AuditList:
+    if task is not None:
+        _check_task(task)  # 422 like every task parameter (the schema states the same rule)
     entries = await asyncio.to_thread(_keys(services).audit, count, task)
     return AuditList(entries=[AuditEntry.model_validate(e) for e in entries])

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from server.deps import ServicesDep, principal, require, visible
+from server.deps import TASK_SCHEMA, ServicesDep, _check_task, principal, require, visible
 from server.routes.common import error_responses
 from server.services import Services
 from vpetl.artifact import read_adapter, read_adapter_meta
@@ -186,14 +186,18 @@ async def backbone_onnx(
     services: ServicesDep,
     family: Annotated[Family, Query(description="adapter family the graph takes as inputs")] = "bapat",
     quant: Annotated[Quant, Query(description="int8: dynamic int8 weights (adapters stay float inputs)")] = "fp32",
-    task: Annotated[str | None, Query(description="a single-task graph with this task's adapter merged in")] = None,
+    task: Annotated[
+        str | None,
+        Query(description="a single-task graph with this task's adapter merged in", json_schema_extra=TASK_SCHEMA),
+    ] = None,
     version: Annotated[int | None, Query(ge=1, description="with task: that adapter version")] = None,
 ) -> Response:
     adapter = None
     if task is not None:
         # a merged graph holds the task's adapter: the caller needs what downloading that adapter needs
         principal(request).require("read")
-        visible(request, task, f"no adapter for task {task!r}")
+        # the store's wording for a missing task: a hidden task and an absent one must read the same
+        visible(request, _check_task(task), f"unknown task {task!r}")
         sha256, data, method = await _task_adapter(services, task, version)
         adapter = (sha256, data)
     elif version is not None:
@@ -216,12 +220,14 @@ async def backbone_onnx(
 async def backbone_onnx_agreement(
     request: Request,
     services: ServicesDep,
-    task: Annotated[str, Query(description="the task whose adapter and validation clips are used")],
+    task: Annotated[
+        str, Query(description="the task whose adapter and validation clips are used", json_schema_extra=TASK_SCHEMA)
+    ],
     quant: Annotated[Quant, Query(description="the variant's quantization")] = "int8",
     merged: Annotated[bool, Query(description="the task's merged single-task graph")] = False,
     family: Annotated[Family | None, Query(description="graph family (default: the adapter's method)")] = None,
 ) -> GraphAgreement:
-    visible(request, task, f"no adapter for task {task!r}")
+    visible(request, _check_task(task), f"unknown task {task!r}")
     sha256, data, method = await _task_adapter(services, task, None)
     fam = family or method
     if fam not in FAMILY_NAMES:
