@@ -45,8 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "edge_client"))  # the in-process contract server lives with the tests
 
-from _harness import alternate as _alternate  # noqa: E402
-
 from edge_client.cache import EdgeCache  # noqa: E402
 from edge_client.runner import Runner, graph_feeds  # noqa: E402
 from edge_client.sdk import Client  # noqa: E402
@@ -64,8 +62,23 @@ BAPAT = {"bottleneck": 128}  # PATT d=128, AdaptMLP r=64 (the defaults), k/v slo
 
 
 def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """The harness's alternating timer, as milliseconds."""
-    return {k: {"median_ms": med * 1e3, "spread": spread} for k, (med, spread) in _alternate(arms, repeats).items()}
+    """Arms interleaved as the harness's timer does, but with the order rotated every round: an arm right after
+    torch (whose OpenMP threads spin on for a while after it returns) or after another session would otherwise
+    always pay for its neighbour. Median and spread per arm, in milliseconds."""
+    names = list(arms)
+    for fn in arms.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            arms[name]()
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for k, v in times.items():
+        med = statistics.median(v)
+        out[k] = {"median_ms": med * 1e3, "spread": (max(v) - min(v)) / med}
+    return out
 
 
 def _model(backbone: Any, num_classes: int = 10, seed: int = 0) -> Any:
@@ -184,8 +197,9 @@ def session_options(name: str, spec: InputSpec | None, workdir: Path, repeats: i
     from edge_client import runner as R
 
     backbone = create_backbone(name, input_spec=spec) if spec else create_backbone(name)
-    graph = workdir / f"{name}-opts.onnx"
-    export_backbone_onnx(backbone, "bapat", graph, check=False)
+    graph = workdir / f"{name}-lat.onnx"  # the latency section's export when it ran (ViT-B takes minutes)
+    if not graph.is_file():
+        export_backbone_onnx(backbone, "bapat", graph, check=False)
     data = read_adapter(_adapter(_model(backbone), "bench"))
     s = backbone.input_spec
     clip = np.random.default_rng(0).standard_normal((1, 3, s.num_frames, s.size, s.size), np.float32)
