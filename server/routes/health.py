@@ -28,7 +28,7 @@ async def healthz() -> HealthResponse:
     "/readyz", response_model=ReadyResponse, summary="Readiness: backbone loaded and Redis reachable",
     responses=error_responses(503),
 )  # fmt: skip
-async def readyz(services: ServicesDep) -> ReadyResponse:
+async def readyz(request: Request, services: ServicesDep) -> ReadyResponse:
     try:
         replicas = await asyncio.wait_for(services.predictor.replica_stats(), READY_REPLICAS_TIMEOUT_S)
     except Exception:  # no replica answered in time (starting, or all gone): not ready, say so
@@ -42,7 +42,23 @@ async def readyz(services: ServicesDep) -> ReadyResponse:
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         raise NotReady(f"not ready: {', '.join(failed)} unavailable")
+    if not await _sees_every_task(request):  # the probe is public; tenants' task names are not
+        replicas = [{k: v for k, v in r.items() if k not in TASK_FIELDS} for r in replicas]
     return ReadyResponse(checks=checks, replicas=replicas)
+
+
+TASK_FIELDS = frozenset({"tasks", "load_failures"})  # what names tasks in a replica's stats
+
+
+async def _sees_every_task(request: Request) -> bool:
+    """Whether this (unauthenticated: the allow-list) request may see every task's name: open mode, or a valid
+    credential that covers every task. Never refuses: a probe with a bad or no key just gets less."""
+    auth = request.app.state.auth
+    try:
+        caller = await auth.authenticate(request.headers.get("authorization"))
+    except Exception:  # no, wrong, revoked key; Redis away: the probe still answers, without task names
+        return False
+    return caller.sees_all and caller.allows("read")
 
 
 def metrics_access(request: Request, services: ServicesDep, _: BearerDoc = None) -> None:

@@ -291,3 +291,18 @@ def test_the_edge_sdk_with_a_device_key(world: World) -> None:
         with pytest.raises(E.VpetlError) as refused:
             device.push_adapter(world.adapter, INSIDE)
         assert refused.value.code == "insufficient_scope"
+
+
+def test_the_public_readiness_probe_names_no_tasks(world: World) -> None:
+    with world.as_key(world.keys["predict"]) as client:  # the task's adapter is loaded: its name is in the stats
+        r = client.post("/predict", params={"task": INSIDE}, content=world.clips["ok"], headers=MP4)
+        assert r.status_code == 200
+    (full,) = world.admin.get("/readyz").json()["replicas"]
+    assert INSIDE in full["tasks"] and "load_failures" in full  # the admin token sees every task
+    for token in (None, world.keys["read"], "wrong"):  # anonymous, a key limited to site-1-*, a bad token
+        with world.as_key(token) as client:
+            r = client.get("/readyz")
+            assert r.status_code == 200
+            (replica,) = r.json()["replicas"]
+            assert "tasks" not in replica and "load_failures" not in replica and INSIDE not in r.text
+            assert replica["backbone_sha256"] == full["backbone_sha256"]
