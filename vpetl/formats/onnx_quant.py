@@ -55,6 +55,14 @@ def _set_metadata(path: Path, extra: Mapping[str, str]) -> None:
     onnx.save_model(proto, str(path))
 
 
+class _DropPreprocessHint(logging.Filter):
+    """onnxruntime's "consider to run pre-processing" hint: symbolic shape inference that our graphs (static
+    shapes but the batch and the adapter widths) do not need; the rest of its logging passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_graph(src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: str = "int8") -> dict[str, Any]:
     """Write ``src`` (an fp32 edge graph) quantized to ``dst`` (atomically); returns the metadata plus ``size``.
 
@@ -78,6 +86,8 @@ def quantize_graph(src: str | os.PathLike[str], dst: str | os.PathLike[str], mod
             digest.update(chunk)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    quiet = _DropPreprocessHint()
+    logging.getLogger().addFilter(quiet)  # the quantizer logs this hint on the root logger on every call
     try:
         quantize_dynamic(
             src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True,
@@ -87,6 +97,7 @@ def quantize_graph(src: str | os.PathLike[str], dst: str | os.PathLike[str], mod
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     finally:
+        logging.getLogger().removeFilter(quiet)
         tmp.unlink(missing_ok=True)
     logger.info("quantized %s to %s (%s): %d -> %d bytes", src, dst, mode, src.stat().st_size, dst.stat().st_size)
     return {**_metadata(dst), "size": dst.stat().st_size, "path": str(dst)}
