@@ -266,8 +266,23 @@ class EdgeCache:
         return data
 
     def load_adapter(self, task: str) -> AdapterFile:
-        """The cached adapter, validated (format, dtypes, finiteness) by :func:`vpetl.artifact.read_adapter`."""
-        return read_adapter(self.read_adapter_bytes(task))
+        """The cached adapter, validated (format, dtypes, finiteness) by :func:`vpetl.artifact.read_adapter` and
+        checked against its recorded sha256 (hashed once: read_adapter hashes the bytes anyway, and on ViT-B that
+        hash is most of a task switch)."""
+        path = self.adapter_path(task)
+        entry = self.adapter(task)
+        assert entry is not None
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UnknownTask(f"task {task!r}: the cached file is missing ({e}); run `vpetl-edge sync`") from e
+        try:
+            file = read_adapter(data)
+        except InvalidAdapter as e:
+            raise InvalidAdapter(f"task {task!r}: the cached file is damaged ({e.message}); pull it again") from e
+        if file.sha256 != entry.sha256:
+            raise InvalidAdapter(f"task {task!r}: the cached file is damaged (sha256 mismatch); pull it again")
+        return file
 
     def put_adapter(
         self, task: str, data: bytes, *, version: int | None = None, etag: str | None = None,
