@@ -38,8 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# torch's OpenMP threads busy-wait at barriers by default; on a shared host with more runnable threads than cores
+# that made a batch-1 forward of the demo ViT 724 ms instead of 5.9 ms (measured at load 6). Passive waiting is
+# what the edge runner asks of onnxruntime too (no spinning), so both sides wait alike. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -171,7 +176,14 @@ def latency(name: str, spec: InputSpec | None, workdir: Path, repeats: int) -> d
 def _switch(backbone: Any, runner: Runner, clip: np.ndarray, repeats: int) -> dict[str, float]:
     """A new adapter file arrives (bytes on disk, never seen by the runner): read + validate + fold + bind, then
     the first prediction; against a steady prediction. Another adapter each repeat, so nothing is cached."""
-    files = [_adapter(_model(backbone, seed=100 + i), f"switch-{i}") for i in range(repeats)]
+    models = [_model(backbone, seed=100 + i) for i in range(repeats)]
+    files = [_adapter(m, f"switch-{i}") for i, m in enumerate(models)]
+    half = [_adapter(m, f"switch-{i}", "float16") for i, m in enumerate(models)]  # `sync --dtype float16` files
+    switch_half = []
+    for data in half:
+        t0 = time.perf_counter()
+        runner.activate(data)
+        switch_half.append(time.perf_counter() - t0)
     switch, first, steady = [], [], []
     for data in files:
         t0 = time.perf_counter()
@@ -186,7 +198,8 @@ def _switch(backbone: Any, runner: Runner, clip: np.ndarray, repeats: int) -> di
         steady.append(t3 - t2)
     med = statistics.median
     return {"switch_ms_median": med(switch) * 1e3, "first_call_ms_median": med(first) * 1e3,
-            "steady_call_ms_median": med(steady) * 1e3, "adapter_bytes": len(files[0])}  # fmt: skip
+            "steady_call_ms_median": med(steady) * 1e3, "adapter_bytes": len(files[0]),
+            "switch_ms_median_fp16_file": med(switch_half) * 1e3, "adapter_bytes_fp16": len(half[0])}  # fmt: skip
 
 
 def session_options(name: str, spec: InputSpec | None, workdir: Path, repeats: int) -> dict[str, Any]:
@@ -362,6 +375,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/edge.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "torch_threads": THREADS, "ort_threads": THREADS,
                     "loadavg_at_start": os.getloadavg()[0]},  # a shared box: other jobs skew torch's OpenMP most
     }
@@ -399,7 +413,8 @@ def main() -> None:
               f"max |Δlogit| vs torch {r['max_abs_logit_diff']:.1e} fp32, {r['max_abs_logit_diff_int8']:.1e} int8, "
               f"{r['max_abs_logit_diff_merged']:.1e} merged")
         t = r["task_switch"]
-        print(f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms; first call after it "
+        print(f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms fp32 file, "
+              f"{t['switch_ms_median_fp16_file']:.1f} ms fp16 file; first call after it "
               f"{t['first_call_ms_median']:.1f} ms vs steady {t['steady_call_ms_median']:.1f} ms")
     for r in result.get("session_options", []):
         parts = ", ".join(f"{k} {v['median_ms']:.1f} ms ({v['ratio_to_chosen']:.2f}×)"
