@@ -176,14 +176,7 @@ def latency(name: str, spec: InputSpec | None, workdir: Path, repeats: int) -> d
 def _switch(backbone: Any, runner: Runner, clip: np.ndarray, repeats: int) -> dict[str, float]:
     """A new adapter file arrives (bytes on disk, never seen by the runner): read + validate + fold + bind, then
     the first prediction; against a steady prediction. Another adapter each repeat, so nothing is cached."""
-    models = [_model(backbone, seed=100 + i) for i in range(repeats)]
-    files = [_adapter(m, f"switch-{i}") for i, m in enumerate(models)]
-    half = [_adapter(m, f"switch-{i}", "float16") for i, m in enumerate(models)]  # `sync --dtype float16` files
-    switch_half = []
-    for data in half:
-        t0 = time.perf_counter()
-        runner.activate(data)
-        switch_half.append(time.perf_counter() - t0)
+    files = [_adapter(_model(backbone, seed=100 + i), f"switch-{i}") for i in range(repeats)]
     switch, first, steady = [], [], []
     for data in files:
         t0 = time.perf_counter()
@@ -198,8 +191,7 @@ def _switch(backbone: Any, runner: Runner, clip: np.ndarray, repeats: int) -> di
         steady.append(t3 - t2)
     med = statistics.median
     return {"switch_ms_median": med(switch) * 1e3, "first_call_ms_median": med(first) * 1e3,
-            "steady_call_ms_median": med(steady) * 1e3, "adapter_bytes": len(files[0]),
-            "switch_ms_median_fp16_file": med(switch_half) * 1e3, "adapter_bytes_fp16": len(half[0])}  # fmt: skip
+            "steady_call_ms_median": med(steady) * 1e3, "adapter_bytes": len(files[0])}  # fmt: skip
 
 
 def session_options(name: str, spec: InputSpec | None, workdir: Path, repeats: int) -> dict[str, Any]:
@@ -413,8 +405,7 @@ def main() -> None:
               f"max |Δlogit| vs torch {r['max_abs_logit_diff']:.1e} fp32, {r['max_abs_logit_diff_int8']:.1e} int8, "
               f"{r['max_abs_logit_diff_merged']:.1e} merged")
         t = r["task_switch"]
-        print(f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms fp32 file, "
-              f"{t['switch_ms_median_fp16_file']:.1f} ms fp16 file; first call after it "
+        print(f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms; first call after it "
               f"{t['first_call_ms_median']:.1f} ms vs steady {t['steady_call_ms_median']:.1f} ms")
     for r in result.get("session_options", []):
         parts = ", ".join(f"{k} {v['median_ms']:.1f} ms ({v['ratio_to_chosen']:.2f}×)"
