@@ -152,8 +152,16 @@ class EdgeCache:
                 found[path.stem] = {**record, "path": path}
         return found
 
-    def pull_backbone(self, client: Client, family: str | None = None, *, progress: Progress | None = None,
-                      check: bool = True, quant: str | None = None, task: str | None = None) -> tuple[Path, bool]:
+    def pull_backbone(
+        self,
+        client: Client,
+        family: str | None = None,
+        *,
+        progress: Progress | None = None,
+        check: bool = True,
+        quant: str | None = None,
+        task: str | None = None,
+    ) -> tuple[Path, bool]:
         """Download a graph if missing (or, with ``check``, if its ETag changed). Returns (path, downloaded).
 
         ``quant="int8"``: the int8 variant; ``task``: that task's merged single-task graph. A downloaded graph is
@@ -164,18 +172,33 @@ class EdgeCache:
         record = self.backbone_record(key)
         if record is not None and not check:
             return path, False
-        got = client.download_onnx(record.get("etag") if record else None, dest=path, progress=progress,
-                                   family=family, quant=quant if quant != "fp32" else None, task=task)
+        got = client.download_onnx(
+            record.get("etag") if record else None,
+            dest=path,
+            progress=progress,
+            family=family,
+            quant=quant if quant != "fp32" else None,
+            task=task,
+        )
         if got is None:
             return path, False
         from edge_client.runner import read_graph_info  # onnxruntime only once a graph is actually fetched
 
         info = read_graph_info(path)
         meta = {
-            "etag": got.etag, "size": got.size, "family": info.family, "requested": key,
-            "components": list(info.components), "backbone": info.backbone, "backbone_sha256": info.backbone_sha256,
-            "quant": info.quant, "merged_task": info.merged_task, "merged_adapter_sha256": info.merged_adapter_sha256,
-            "downloaded_at": _now(), "downloaded_ns": time.time_ns(), "optimized": self._optimize(path),
+            "etag": got.etag,
+            "size": got.size,
+            "family": info.family,
+            "requested": key,
+            "components": list(info.components),
+            "backbone": info.backbone,
+            "backbone_sha256": info.backbone_sha256,
+            "quant": info.quant,
+            "merged_task": info.merged_task,
+            "merged_adapter_sha256": info.merged_adapter_sha256,
+            "downloaded_at": _now(),
+            "downloaded_ns": time.time_ns(),
+            "optimized": self._optimize(path),
         }
         atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
         return path, True
@@ -285,8 +308,14 @@ class EdgeCache:
         return file
 
     def put_adapter(
-        self, task: str, data: bytes, *, version: int | None = None, etag: str | None = None,
-        dtype: str | None = None, source_sha256: str | None = None,
+        self,
+        task: str,
+        data: bytes,
+        *,
+        version: int | None = None,
+        etag: str | None = None,
+        dtype: str | None = None,
+        source_sha256: str | None = None,
     ) -> CachedAdapter:
         """Store adapter bytes as the task's current file (blob first, pointer last; older blobs removed).
 
@@ -301,8 +330,15 @@ class EdgeCache:
         meta = read_adapter_meta(data)  # a header check before anything is written
         folder = self._task_dir(task)
         atomic_write(folder / f"{sha}.safetensors", data)
-        entry = CachedAdapter(task=task, version=version, sha256=sha, size=len(data), method=meta.method,
-                              dtype=dtype, source_sha256=source_sha256 if source_sha256 != sha else None)
+        entry = CachedAdapter(
+            task=task,
+            version=version,
+            sha256=sha,
+            size=len(data),
+            method=meta.method,
+            dtype=dtype,
+            source_sha256=source_sha256 if source_sha256 != sha else None,
+        )
         atomic_write(folder / "current.json", json.dumps(asdict(entry), indent=2).encode())
         for old in folder.glob("*.safetensors"):
             if old.name != f"{sha}.safetensors":
@@ -316,9 +352,17 @@ class EdgeCache:
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
-    def pull_adapter(self, client: Client, task: str, version: int | None = None, *,
-                     progress: Progress | None = None, listed_version: int | None = None,
-                     listed_sha256: str | None = None, dtype: str | None = None) -> tuple[CachedAdapter, bool]:
+    def pull_adapter(
+        self,
+        client: Client,
+        task: str,
+        version: int | None = None,
+        *,
+        progress: Progress | None = None,
+        listed_version: int | None = None,
+        listed_sha256: str | None = None,
+        dtype: str | None = None,
+    ) -> tuple[CachedAdapter, bool]:
         """Fetch the task's adapter (current, or ``version``) unless the cached one is still it (304).
 
         ``dtype="float16"`` downloads half-precision tensors (half the bytes; the runner computes in fp32 anyway).
@@ -327,8 +371,9 @@ class EdgeCache:
         """
         cached = self.adapter(task)
         current = cached is not None and cached.dtype == dtype  # a copy in another dtype is not "current"
-        blob = client.download_adapter(task, version=version, etag=cached.sha256 if current and cached else None,
-                                       progress=progress, dtype=dtype)
+        blob = client.download_adapter(
+            task, version=version, etag=cached.sha256 if current and cached else None, progress=progress, dtype=dtype
+        )
         if blob is None:
             assert cached is not None
             return cached, False
@@ -341,14 +386,24 @@ class EdgeCache:
                 found = next((v.version for v in client.adapter(task).versions if v.sha256 == sha), None)
             except VpetlError:
                 found = None
-        return self.put_adapter(task, bytes(blob), version=found, etag=blob.etag, dtype=dtype,
-                                source_sha256=blob.source_sha256), True
+        return self.put_adapter(
+            task, bytes(blob), version=found, etag=blob.etag, dtype=dtype, source_sha256=blob.source_sha256
+        ), True
 
     # ---------------------------------------------------------------------------------------------- sync
-    def sync(self, client: Client, *, backbone: bool = True, family: str | None = None,
-             tasks: Iterable[str] | None = None, progress: Progress | None = None,
-             prune: bool = True, dtype: str | None = None, quant: str | None = None,
-             merged: Iterable[str] = ()) -> SyncReport:
+    def sync(
+        self,
+        client: Client,
+        *,
+        backbone: bool = True,
+        family: str | None = None,
+        tasks: Iterable[str] | None = None,
+        progress: Progress | None = None,
+        prune: bool = True,
+        dtype: str | None = None,
+        quant: str | None = None,
+        merged: Iterable[str] = (),
+    ) -> SyncReport:
         """Pull every task's current adapter that changed, and the backbone graph if it is missing.
 
         Args:
@@ -374,13 +429,23 @@ class EdgeCache:
                 report.adapters[task] = "failed: unknown task on the server"
                 continue
             cached = self.adapter(task)
-            if (cached is not None and cached.server_sha256 == info.sha256 and cached.dtype == dtype
-                    and self.adapter_path(task).is_file()):
+            if (
+                cached is not None
+                and cached.server_sha256 == info.sha256
+                and cached.dtype == dtype
+                and self.adapter_path(task).is_file()
+            ):
                 report.adapters[task] = "unchanged"  # not even a conditional GET: the listing says it is current
                 continue
             try:
-                _, changed = self.pull_adapter(client, task, progress=progress, listed_version=info.version,
-                                               listed_sha256=info.sha256, dtype=dtype)
+                _, changed = self.pull_adapter(
+                    client,
+                    task,
+                    progress=progress,
+                    listed_version=info.version,
+                    listed_sha256=info.sha256,
+                    dtype=dtype,
+                )
             except VpetlError as e:
                 report.adapters[task] = f"failed: [{e.code}] {e.message}"
                 continue

@@ -57,14 +57,19 @@ TokenOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 CacheOpt = Annotated[
     Path | None,
-    typer.Option("--cache", envvar="VPETL_EDGE_CACHE", help="local cache dir (default ~/.cache/vpetl-edge)",
-                 show_default=False),
+    typer.Option(
+        "--cache", envvar="VPETL_EDGE_CACHE", help="local cache dir (default ~/.cache/vpetl-edge)", show_default=False
+    ),
 ]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="task name")]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option("--dtype", envvar="VPETL_EDGE_DTYPE", show_default=False,
-                 help="download adapters as float16 (half the bytes of fp32) or float32 (default: as stored)"),
+    typer.Option(
+        "--dtype",
+        envvar="VPETL_EDGE_DTYPE",
+        show_default=False,
+        help="download adapters as float16 (half the bytes of fp32) or float32 (default: as stored)",
+    ),
 ]
 
 
@@ -149,8 +154,16 @@ def _video_files(paths: list[Path]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------- predict
-def _local_predictions(c: Client, quick: Client, cache_dir: Path | None, task: str, version: int | None,
-                       clips: list[Path], topk: int, show: bool) -> list[dict[str, Any]]:
+def _local_predictions(
+    c: Client,
+    quick: Client,
+    cache_dir: Path | None,
+    task: str,
+    version: int | None,
+    clips: list[Path],
+    topk: int,
+    show: bool,
+) -> list[dict[str, Any]]:
     from edge_client.cache import EdgeCache
     from edge_client.local import LocalTask
 
@@ -199,7 +212,9 @@ def predict(
 # ---------------------------------------------------------------------------------------------------- adapters
 @adapters_app.command("ls")
 def adapters_ls(
-    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
     prefix: Annotated[str | None, typer.Option(help="only task names starting with this")] = None,
     method: Annotated[str | None, typer.Option(help="only tasks whose current adapter uses this method")] = None,
 ) -> None:
@@ -211,8 +226,15 @@ def adapters_ls(
         return
     table = Table("task", "version", "method", "params", "classes", "size", "sha256")
     for a in items:
-        table.add_row(a.task, f"{a.version}/{a.latest_version}", a.method or "-", f"{a.trainable_params or 0:,}",
-                      str(a.num_classes or "-"), _size(a.size), a.sha256[:12])
+        table.add_row(
+            a.task,
+            f"{a.version}/{a.latest_version}",
+            a.method or "-",
+            f"{a.trainable_params or 0:,}",
+            str(a.num_classes or "-"),
+            _size(a.size),
+            a.sha256[:12],
+        )
     out.print(table if items else "no adapters on the server")
 
 
@@ -233,8 +255,15 @@ def adapters_pull(
     with handled(), client(server, token) as c, transfer_bar(not as_json, f"adapter {task}") as progress:
         entry, changed = store.pull_adapter(c, task, version, progress=progress, dtype=dtype)
         path = store.adapter_path(task)
-    payload = {"task": task, "version": entry.version, "sha256": entry.sha256, "size": entry.size,
-               "dtype": entry.dtype or "as stored", "downloaded": changed, "path": str(path)}
+    payload = {
+        "task": task,
+        "version": entry.version,
+        "sha256": entry.sha256,
+        "size": entry.size,
+        "dtype": entry.dtype or "as stored",
+        "downloaded": changed,
+        "path": str(path),
+    }
     if as_json:
         emit(payload)
     else:
@@ -313,8 +342,11 @@ def upload(
     files = _video_files(clips)
     total = sum(f.stat().st_size for f in files if f.is_file())
     results = []
-    with handled(), client(server, token) as c, transfer_bar(not as_json, f"upload {len(files)} clip(s)",
-                                                             total) as progress:
+    with (
+        handled(),
+        client(server, token) as c,
+        transfer_bar(not as_json, f"upload {len(files)} clip(s)", total) as progress,
+    ):
         sent = 0
         for f in files:
             r = c.upload_clip(f, task, label, split, progress=lambda done, _t, base=sent: progress(base + done, total))
@@ -324,8 +356,9 @@ def upload(
         emit(results)
         return
     dup = sum(1 for r in results if r.duplicate)
-    out.print(f"{task}: {len(results)} clip(s) uploaded as {label!r} ({split})" + (f", {dup} already there" if dup
-                                                                                   else ""))
+    out.print(
+        f"{task}: {len(results)} clip(s) uploaded as {label!r} ({split})" + (f", {dup} already there" if dup else "")
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ jobs
@@ -343,19 +376,28 @@ def _job_line(job: JobInfo) -> str:
 
 def _wait_for(c: Client, job_id: str, show: bool, poll: float, timeout: float | None) -> JobInfo:
     start = time.monotonic()
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[line]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True, disable=not show or not err.is_terminal) as bar:
         handle = bar.add_task(f"job {job_id}", total=None, line="queued")
         while True:
             job = c.job(job_id)
             p = job.progress
             # optimiser steps when the worker reports them (a smooth bar), else epochs
-            done_key, total_key = ("step", "total_steps") if isinstance(p.get("total_steps"), int) else (
-                "epoch", "epochs")
+            done_key, total_key = (
+                ("step", "total_steps") if isinstance(p.get("total_steps"), int) else ("epoch", "epochs")
+            )
             total = p.get(total_key)
-            bar.update(handle, line=_job_line(job), total=total if isinstance(total, int) else None,
-                       completed=p.get(done_key) if isinstance(p.get(done_key), int) else 0)
+            bar.update(
+                handle,
+                line=_job_line(job),
+                total=total if isinstance(total, int) else None,
+                completed=p.get(done_key) if isinstance(p.get(done_key), int) else 0,
+            )
             if job.state in FINAL_STATES:
                 return job
             if timeout is not None and time.monotonic() - start > timeout:
@@ -383,8 +425,16 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a training job on TASK's uploaded clips; with --wait, show epoch/loss/acc until it finishes."""
-    params = {"task": task, "method": method, "bottleneck": bottleneck, "scale": scale, "epochs": epochs,
-              "batch_size": batch_size, "lr": lr, "publish_if_worse": publish_if_worse or None}
+    params = {
+        "task": task,
+        "method": method,
+        "bottleneck": bottleneck,
+        "scale": scale,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "publish_if_worse": publish_if_worse or None,
+    }
     with handled(), client(server, token) as c:
         created = c.create_job(**params)
         if not wait:
@@ -420,44 +470,13 @@ def jobs(
         return
     table = Table("job", "task", "state", "progress", "version", "error")
     for j in items:
-        table.add_row(j.id, str(j.params.get("task", "-")), j.state, _job_line(j), str(j.version or "-"),
-                      str(j.error or ""))
+        table.add_row(
+            j.id, str(j.params.get("task", "-")), j.state, _job_line(j), str(j.version or "-"), str(j.error or "")
+        )
     out.print(table if items else "no jobs")
 
 
 # ------------------------------------------------------------------------------------------------------ sync
-def _agreements(c: Client, store: Any, quant: str | None, merged: list[str]) -> dict[str, dict[str, Any]]:
-    """For every variant this sync keeps (the int8 shared graph, merged graphs): the server's measurement of it
-    against the fp32 graph on each task's validation clips, with the task's current adapter."""
-    from edge_client.cache import graph_key
-    from edge_client.runner import graph_family_fits
-
-    found: dict[str, dict[str, Any]] = {}
-    asks: list[tuple[str, str, bool, str | None]] = [(t, quant or "fp32", True, None) for t in merged]
-    if quant not in (None, "fp32"):
-        shared = store.backbones().get(graph_key(None, quant))
-        for task in store.tasks():
-            entry = store.adapter(task)
-            if shared and entry and graph_family_fits(tuple(shared.get("components", ())), entry.method or ""):
-                asks.append((task, quant, False, shared.get("family")))
-    for task, q, is_merged, family in asks:
-        name = f"{task} ({'merged' if is_merged else family}, {q})"
-        try:
-            found[name] = c.graph_agreement(task, q, merged=is_merged, family=family)
-        except VpetlError as e:
-            found[name] = {"error": f"[{e.code}] {e.message}"}
-    return found
-
-
-def _agreement_line(name: str, a: dict[str, Any]) -> str:
-    if "error" in a:
-        return f"  {name}: agreement with fp32 not measured: {a['error']}"
-    if not a.get("clips"):
-        return f"  {name}: no validation clips on the server to measure agreement with fp32"
-    return (f"  {name}: top-1 agrees with fp32 on {a['agree']}/{a['clips']} validation clips "
-            f"({100 * a['agreement']:.1f}%), max |Δlogit| {a['max_abs_logit_diff']:.2g}")
-
-
 @app.command()
 def sync(
     backbone: Annotated[bool, typer.Option(help="also fetch the backbone graph if it is missing")] = True,
@@ -478,14 +497,16 @@ def sync(
     """Pull every task's newest adapter (only those that changed) and the backbone graph if missing; with --quant
     or --merged, also print how each variant agrees with fp32 on the tasks' validation clips."""
     from edge_client.cache import EdgeCache
+    from edge_client.local import agreement_line, variant_agreements
 
     if quant not in (None, "fp32", "int8"):
         fail(VpetlError(f"--quant must be fp32 or int8, got {quant!r}", code="invalid_request"))
     store = EdgeCache(cache)
     with handled(), client(server, token) as c, transfer_bar(not as_json, "sync") as progress:
-        report = store.sync(c, backbone=backbone, family=family, progress=progress, dtype=dtype, quant=quant,
-                            merged=merged or ())
-        agreements = _agreements(c, store, quant, merged or []) if quant not in (None, "fp32") or merged else {}
+        report = store.sync(
+            c, backbone=backbone, family=family, progress=progress, dtype=dtype, quant=quant, merged=merged or ()
+        )
+        agreements = variant_agreements(c, store, quant, merged or []) if quant not in (None, "fp32") or merged else {}
     if as_json:
         emit({"cache": str(store.root), **report.to_dict(), "agreement": agreements})
         return
@@ -493,11 +514,13 @@ def sync(
         out.print(f"  {task}: {state}")
     for task, state in sorted(report.graphs.items()):
         out.print(f"  merged graph {task}: {state}")
-    out.print(f"backbone{' (' + quant + ')' if quant else ''}: {report.backbone}; received "
-              f"{_size(report.adapter_bytes)} of adapters and {_size(report.onnx_bytes)} of graph in "
-              f"{report.requests} request(s), {report.seconds * 1e3:.0f} ms → {store.root}")
+    out.print(
+        f"backbone{' (' + quant + ')' if quant else ''}: {report.backbone}; received "
+        f"{_size(report.adapter_bytes)} of adapters and {_size(report.onnx_bytes)} of graph in "
+        f"{report.requests} request(s), {report.seconds * 1e3:.0f} ms → {store.root}"
+    )
     for name, a in agreements.items():
-        out.print(_agreement_line(name, a))
+        out.print(agreement_line(name, a))
 
 
 # ----------------------------------------------------------------------------------------------------- watch

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_client.cache import EdgeCache
-from edge_client.runner import METHOD_COMPONENTS, Runner
+from edge_client.cache import EdgeCache, graph_key
+from edge_client.runner import METHOD_COMPONENTS, Runner, graph_family_fits
 from edge_client.sdk import Client, ConnectionFailed, Progress
 from vpetl.artifact import AdapterFile
-from vpetl.errors import IncompatibleAdapter
+from vpetl.errors import IncompatibleAdapter, VpetlError
 from vpetl.video import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -119,4 +119,35 @@ class LocalTask:
         return {"local": True, "graph": graph, "quant": info.quant, **r.model_dump(mode="json")}
 
 
-__all__ = ["FALLBACK_TIMEOUT_S", "LocalTask", "quick_client"]
+def variant_agreements(c: Client, store: EdgeCache, quant: str | None, merged: list[str]) -> dict[str, dict[str, Any]]:
+    """For every variant this sync keeps (the int8 shared graph, merged graphs): the server's measurement of it
+    against the fp32 graph on each task's validation clips, with the task's current adapter."""
+    found: dict[str, dict[str, Any]] = {}
+    asks: list[tuple[str, str, bool, str | None]] = [(t, quant or "fp32", True, None) for t in merged]
+    if quant not in (None, "fp32"):
+        shared = store.backbones().get(graph_key(None, quant))
+        for task in store.tasks():
+            entry = store.adapter(task)
+            if shared and entry and graph_family_fits(tuple(shared.get("components", ())), entry.method or ""):
+                asks.append((task, quant, False, shared.get("family")))
+    for task, q, is_merged, family in asks:
+        name = f"{task} ({'merged' if is_merged else family}, {q})"
+        try:
+            found[name] = c.graph_agreement(task, q, merged=is_merged, family=family)
+        except VpetlError as e:
+            found[name] = {"error": f"[{e.code}] {e.message}"}
+    return found
+
+
+def agreement_line(name: str, a: dict[str, Any]) -> str:
+    if "error" in a:
+        return f"  {name}: agreement with fp32 not measured: {a['error']}"
+    if not a.get("clips"):
+        return f"  {name}: no validation clips on the server to measure agreement with fp32"
+    return (
+        f"  {name}: top-1 agrees with fp32 on {a['agree']}/{a['clips']} validation clips "
+        f"({100 * a['agreement']:.1f}%), max |Δlogit| {a['max_abs_logit_diff']:.2g}"
+    )
+
+
+__all__ = ["FALLBACK_TIMEOUT_S", "LocalTask", "agreement_line", "quick_client", "variant_agreements"]

@@ -74,12 +74,19 @@ class GraphInfo:
             names = tuple(json.loads(meta["input_names"]))
             comps = tuple(c for c in ("patt", "adaptmlp", "lora") if any(f".{c}." in n for n in names))
             return cls(
-                backbone=meta["backbone"], backbone_sha256=meta["backbone_sha256"], family=meta["family"],
-                input_spec=InputSpec.model_validate_json(meta["input_spec"]), input_names=names, components=comps,
+                backbone=meta["backbone"],
+                backbone_sha256=meta["backbone_sha256"],
+                family=meta["family"],
+                input_spec=InputSpec.model_validate_json(meta["input_spec"]),
+                input_names=names,
+                components=comps,
                 patt_positions=tuple(layout.get("patt_positions", ())),
-                lora_targets=tuple(layout.get("lora_targets", ())), mlp_mode=layout.get("mlp_mode", "parallel"),
-                num_features=int(layout["num_features"]), block_dims=tuple(int(d) for d in layout["block_dims"]),
-                quant=meta.get("quant", "fp32"), merged_task=meta.get("merged_task"),
+                lora_targets=tuple(layout.get("lora_targets", ())),
+                mlp_mode=layout.get("mlp_mode", "parallel"),
+                num_features=int(layout["num_features"]),
+                block_dims=tuple(int(d) for d in layout["block_dims"]),
+                quant=meta.get("quant", "fp32"),
+                merged_task=meta.get("merged_task"),
                 merged_adapter_sha256=meta.get("merged_adapter_sha256"),
             )
         except (KeyError, ValueError, TypeError) as e:
@@ -107,7 +114,7 @@ def _remap_rows(w: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> 
     out = np.zeros((c * len(want), *w.shape[1:]), dtype=np.float32)
     for j, slot in enumerate(have):
         i = want.index(slot)
-        out[i * c:(i + 1) * c] = w[j * c:(j + 1) * c]
+        out[i * c : (i + 1) * c] = w[j * c : (j + 1) * c]
     return out
 
 
@@ -143,8 +150,9 @@ def graph_feeds(graph: GraphInfo, adapter: AdapterFile) -> dict[str, np.ndarray]
                 scale = float(learned.reshape(-1)[0]) if learned is not None else _scale_of(config, "scale", 0.8)
                 positions = tuple(s for s in QKV if s in config.get("positions", ("k", "v")))
                 if not set(positions) <= set(graph.patt_positions):
-                    raise IncompatibleAdapter(f"{where}: PATT slots {positions} are not all in the graph's "
-                                              f"{graph.patt_positions}")
+                    raise IncompatibleAdapter(
+                        f"{where}: PATT slots {positions} are not all in the graph's {graph.patt_positions}"
+                    )
                 w["up.weight"] = _remap_rows(w["up.weight"] * np.float32(scale), positions, graph.patt_positions)
                 w["up.bias"] = _remap_rows(w["up.bias"] * np.float32(scale), positions, graph.patt_positions)
                 widths["patt"] = w["down.weight"].shape[0]
@@ -162,8 +170,9 @@ def graph_feeds(graph: GraphInfo, adapter: AdapterFile) -> dict[str, np.ndarray]
                 scaling = (float(alpha) if alpha is not None else float(rank)) / rank
                 targets = {k.split(".")[0] for k in w}
                 if not targets <= set(graph.lora_targets):
-                    raise IncompatibleAdapter(f"{where}: LoRA targets {sorted(targets)} are not all in the graph's "
-                                              f"{graph.lora_targets}")
+                    raise IncompatibleAdapter(
+                        f"{where}: LoRA targets {sorted(targets)} are not all in the graph's {graph.lora_targets}"
+                    )
                 w = {k: (t * np.float32(scaling) if k.endswith(".B") else t) for k, t in w.items()}
                 widths["lora"] = next(t for k, t in w.items() if k.endswith(".A")).shape[0]
             else:
@@ -277,8 +286,13 @@ class Runner:
     """
 
     def __init__(
-        self, graph: str | os.PathLike[str] | bytes, *, threads: int | None = None, max_adapters: int = 16,
-        spin: bool = False, preoptimized: bool = False,
+        self,
+        graph: str | os.PathLike[str] | bytes,
+        *,
+        threads: int | None = None,
+        max_adapters: int = 16,
+        spin: bool = False,
+        preoptimized: bool = False,
     ) -> None:
         import onnxruntime as ort  # here, not at import: `vpetl-edge --help` stays fast
 
@@ -321,8 +335,12 @@ class Runner:
             values: dict[str, Any] = {}
         else:
             if adapter.meta.input_spec != self.info.input_spec:
-                logger.warning("adapter %s was trained with input spec %s; the graph's is %s (used)",
-                               adapter.sha256[:12], adapter.meta.input_spec, self.info.input_spec)
+                logger.warning(
+                    "adapter %s was trained with input spec %s; the graph's is %s (used)",
+                    adapter.sha256[:12],
+                    adapter.meta.input_spec,
+                    self.info.input_spec,
+                )
             feeds = graph_feeds(self.info, adapter)
             # One copy into ORT-owned tensors now, none per call after.
             values = {name: self._ort.OrtValue.ortvalue_from_numpy(t) for name, t in feeds.items()}
@@ -363,7 +381,11 @@ class Runner:
             return self._binding.copy_outputs_to_cpu()[0]
 
     def predict(
-        self, clip: VideoSource, adapter: AdapterFile | bytes | str | Path, *, topk: int = 5,
+        self,
+        clip: VideoSource,
+        adapter: AdapterFile | bytes | str | Path,
+        *,
+        topk: int = 5,
         version: int | None = None,
     ) -> PredictionResponse:
         """Top-k labels for one clip, in the server's response shape (``queue`` is 0; ``version`` defaults to 1
@@ -377,10 +399,14 @@ class Runner:
         logits = self.logits(x, file)[0]
         t2 = time.perf_counter()
         return PredictionResponse(
-            task=file.meta.task, version=version or 1, adapter_sha256=file.sha256, replica="device",
+            task=file.meta.task,
+            version=version or 1,
+            adapter_sha256=file.sha256,
+            replica="device",
             predictions=top_k(logits, file.meta.labels, topk),
-            timing_ms=PredictionTiming(decode=(t1 - t0) * 1e3, queue=0.0, model=(t2 - t1) * 1e3,
-                                       total=(time.perf_counter() - t0) * 1e3),
+            timing_ms=PredictionTiming(
+                decode=(t1 - t0) * 1e3, queue=0.0, model=(t2 - t1) * 1e3, total=(time.perf_counter() - t0) * 1e3
+            ),
         )
 
 

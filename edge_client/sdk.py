@@ -83,8 +83,9 @@ class Blob(bytes):
     version: int | None
     source_sha256: str | None
 
-    def __new__(cls, data: bytes, etag: str | None = None, version: int | None = None,
-                source_sha256: str | None = None) -> Blob:
+    def __new__(
+        cls, data: bytes, etag: str | None = None, version: int | None = None, source_sha256: str | None = None
+    ) -> Blob:
         obj = super().__new__(cls, data)
         obj.etag, obj.version, obj.source_sha256 = etag, version, source_sha256
         return obj
@@ -187,7 +188,7 @@ def _read_file_chunks(path: Path, progress: Progress | None) -> Iterator[bytes]:
 
 def _bytes_chunks(data: bytes, progress: Progress | None) -> Iterator[bytes]:
     for start in range(0, len(data), CHUNK):
-        chunk = data[start:start + CHUNK]
+        chunk = data[start : start + CHUNK]
         if progress is not None:
             progress(start + len(chunk), len(data))
         yield chunk
@@ -244,7 +245,7 @@ class Client:
     def _wait(self, attempt: int, response: httpx.Response | None) -> None:
         delay = _retry_after(response) if response is not None else None
         if delay is None:
-            delay = self.backoff * (2 ** attempt)
+            delay = self.backoff * (2**attempt)
         self._sleep(min(delay, self.max_backoff))
 
     def _send(
@@ -269,7 +270,11 @@ class Client:
         attempt = 0
         while True:
             request = self._http.build_request(
-                method, path, params=params, json=json, content=body() if body is not None else None,
+                method,
+                path,
+                params=params,
+                json=json,
+                content=body() if body is not None else None,
                 headers=dict(headers or {}),
             )
             self.stats.requests += 1
@@ -333,7 +338,11 @@ class Client:
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(
-        self, clip: str | os.PathLike[str] | bytes, task: str, version: int | None = None, topk: int = 5,
+        self,
+        clip: str | os.PathLike[str] | bytes,
+        task: str,
+        version: int | None = None,
+        topk: int = 5,
         progress: Progress | None = None,
     ) -> PredictionResponse:
         """Top-k labels for one clip (a path or the file's bytes) under ``task``'s adapter (current version)."""
@@ -341,11 +350,17 @@ class Client:
         if path is not None and not path.is_file():
             raise E.InvalidVideo(f"'{path}': no such file")
         size = path.stat().st_size if path is not None else len(clip)  # type: ignore[arg-type]
-        body = (lambda: _read_file_chunks(path, progress)) if path is not None else (
-            lambda: _bytes_chunks(bytes(clip), progress))  # type: ignore[arg-type]
+        body = (
+            (lambda: _read_file_chunks(path, progress))
+            if path is not None
+            else (lambda: _bytes_chunks(bytes(clip), progress))
+        )  # type: ignore[arg-type]
         self.stats.bytes_out += size
         response = self._send(
-            "POST", "/predict", params={"task": task, "version": version, "topk": topk}, body=body,
+            "POST",
+            "/predict",
+            params={"task": task, "version": version, "topk": topk},
+            body=body,
             headers={"Content-Type": _media_type(path), "Content-Length": str(size)},
         )
         return PredictionResponse.model_validate(response.json())
@@ -355,8 +370,9 @@ class Client:
         """Every task with its current version."""
         return self._get("/adapters", AdapterList).adapters
 
-    def adapters_page(self, limit: int = 100, cursor: str | None = None, prefix: str | None = None,
-                      method: str | None = None) -> AdapterPage:
+    def adapters_page(
+        self, limit: int = 100, cursor: str | None = None, prefix: str | None = None, method: str | None = None
+    ) -> AdapterPage:
         """One page of tasks in name order (``GET /adapters?limit=``): ``next_cursor`` leads on, ``total`` counts
         the names matching ``prefix``. A server from before paging answers the whole list (no cursor)."""
         params = {"limit": limit, "cursor": cursor, "prefix": prefix, "method": method}
@@ -364,8 +380,9 @@ class Client:
         body.setdefault("total", len(body.get("adapters", [])))
         return AdapterPage.model_validate(body)
 
-    def iter_adapters(self, prefix: str | None = None, method: str | None = None,
-                      page_size: int = 500) -> Iterator[AdapterInfo]:
+    def iter_adapters(
+        self, prefix: str | None = None, method: str | None = None, page_size: int = 500
+    ) -> Iterator[AdapterInfo]:
         """Every matching task, page by page (bounded answers however many tasks the server holds)."""
         cursor: str | None = None
         while True:
@@ -379,8 +396,14 @@ class Client:
         """One task with its version history."""
         return self._get(f"/adapters/{self._task(task)}", AdapterDetail)
 
-    def download_adapter(self, task: str, version: int | None = None, etag: str | None = None,
-                         progress: Progress | None = None, dtype: str | None = None) -> Blob | None:
+    def download_adapter(
+        self,
+        task: str,
+        version: int | None = None,
+        etag: str | None = None,
+        progress: Progress | None = None,
+        dtype: str | None = None,
+    ) -> Blob | None:
         """The artifact bytes (a :class:`Blob` carrying the ETag), or None when ``etag`` is still current (304).
 
         ``dtype="float16"`` asks the server for the tensors in half precision (half the bytes of an fp32 adapter;
@@ -388,23 +411,30 @@ class Client:
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
         params = {"version": version, "dtype": dtype}
         response = self._send(
-            "GET", f"/adapters/{self._task(task)}/download", params={k: v for k, v in params.items() if v is not None},
-            headers=headers, stream=True, ok=(304,),
+            "GET",
+            f"/adapters/{self._task(task)}/download",
+            params={k: v for k, v in params.items() if v is not None},
+            headers=headers,
+            stream=True,
+            ok=(304,),
         )
         if response.status_code == 304:
             response.close()
             return None
         buf = _Buffer()
         self._download(response, "adapter", buf, progress)
-        return Blob(buf.getvalue(), _etag(response), _version_header(response),
-                    response.headers.get("x-adapter-sha256"))
+        return Blob(
+            buf.getvalue(), _etag(response), _version_header(response), response.headers.get("x-adapter-sha256")
+        )
 
     def push_adapter(self, path: str | os.PathLike[str] | bytes, task: str) -> AdapterRef:
         """Upload an artifact as the task's new version (write token needed)."""
         data = bytes(path) if isinstance(path, (bytes, bytearray)) else Path(path).read_bytes()
         self.stats.bytes_out += len(data)
         response = self._send(
-            "PUT", f"/adapters/{self._task(task)}", body=lambda: data,
+            "PUT",
+            f"/adapters/{self._task(task)}",
+            body=lambda: data,
             headers={"Content-Type": "application/octet-stream"},
         )
         return AdapterRef.model_validate(response.json())
@@ -418,8 +448,14 @@ class Client:
         return AdapterRef.model_validate(response.json())
 
     # ----------------------------------------------------------------------------------------- datasets
-    def upload_clip(self, path: str | os.PathLike[str], task: str, label: str, split: str = "train",
-                    progress: Progress | None = None) -> ClipUploaded:
+    def upload_clip(
+        self,
+        path: str | os.PathLike[str],
+        task: str,
+        label: str,
+        split: str = "train",
+        progress: Progress | None = None,
+    ) -> ClipUploaded:
         """Upload one labelled clip, streamed from disk (``progress(done, total)`` per chunk)."""
         path = Path(path)
         if not path.is_file():
@@ -427,7 +463,9 @@ class Client:
         size = path.stat().st_size
         self.stats.bytes_out += size
         response = self._send(
-            "POST", f"/datasets/{self._task(task)}/clips", params={"label": label, "split": split},
+            "POST",
+            f"/datasets/{self._task(task)}/clips",
+            params={"label": label, "split": split},
             body=lambda: _read_file_chunks(path, progress),
             headers={"Content-Type": _media_type(path), "Content-Length": str(size)},
         )
@@ -455,9 +493,16 @@ class Client:
     def backbone(self) -> BackboneInfo:
         return self._get("/backbone", BackboneInfo)
 
-    def download_onnx(self, etag: str | None = None, *, dest: str | os.PathLike[str] | None = None,
-                      progress: Progress | None = None, family: str | None = None, quant: str | None = None,
-                      task: str | None = None) -> OnnxDownload | None:
+    def download_onnx(
+        self,
+        etag: str | None = None,
+        *,
+        dest: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+        family: str | None = None,
+        quant: str | None = None,
+        task: str | None = None,
+    ) -> OnnxDownload | None:
         """The backbone graph (adapter weights as inputs), streamed; None when ``etag`` is still current (304).
 
         ``quant="int8"`` asks for the int8 variant; ``task`` for that task's merged single-task graph (its current
@@ -488,15 +533,17 @@ class Client:
             if tag and len(tag) == 64 and sink.hexdigest() != tag:
                 raise E.VpetlError(
                     f"the backbone graph's sha256 {sink.hexdigest()[:12]}… does not match its ETag {tag[:12]}… "
-                    "(transfer corrupted?)", code="integrity_error",
+                    "(transfer corrupted?)",
+                    code="integrity_error",
                 )
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         return OnnxDownload(etag=tag or sink.hexdigest(), size=size, path=dest)
 
-    def graph_agreement(self, task: str, quant: str = "int8", merged: bool = False,
-                        family: str | None = None) -> dict[str, Any]:
+    def graph_agreement(
+        self, task: str, quant: str = "int8", merged: bool = False, family: str | None = None
+    ) -> dict[str, Any]:
         """How a graph variant agrees with the fp32 graph on ``task``'s validation clips (the server measures it
         with the task's current adapter): ``clips``, ``agree``, ``agreement`` (None: no clips), ``max_abs_logit_diff``.
         """

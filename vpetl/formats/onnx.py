@@ -148,8 +148,13 @@ def make_layout(
                 names += [f"blocks.{i}.{comp}.{s}" for s in BOTTLENECK_SUFFIXES]
     names += ["head.weight", "head.bias"]
     return GraphLayout(
-        family=family, block_dims=dims, num_features=int(backbone.num_features), patt_positions=positions,
-        lora_targets=targets, mlp_mode=mlp_mode if "adaptmlp" in comps else "parallel", input_names=tuple(names),
+        family=family,
+        block_dims=dims,
+        num_features=int(backbone.num_features),
+        patt_positions=positions,
+        lora_targets=targets,
+        mlp_mode=mlp_mode if "adaptmlp" in comps else "parallel",
+        input_names=tuple(names),
     )
 
 
@@ -212,7 +217,7 @@ class ExportModel(nn.Module):
             comps: dict[str, dict[str, Tensor]] = {}
             for name, t in named.items():
                 if name.startswith(prefix):
-                    comp, suffix = name[len(prefix):].split(".", 1)
+                    comp, suffix = name[len(prefix) :].split(".", 1)
                     comps.setdefault(comp, {})[suffix] = t
             hook.comps = comps
         try:
@@ -237,7 +242,10 @@ def _feed_shapes(layout: GraphLayout, widths: Mapping[str, int], num_classes: in
         w = widths[comp]
         out = slots * c if comp == "patt" else c
         shapes[name] = {
-            "down.weight": (w, c), "down.bias": (w,), "up.weight": (out, w), "up.bias": (out,),
+            "down.weight": (w, c),
+            "down.bias": (w,),
+            "up.weight": (out, w),
+            "up.bias": (out,),
         }.get(suffix) or ((w, c) if suffix.endswith(".A") else (c, w))
     return shapes
 
@@ -260,7 +268,8 @@ def _dynamic_shapes(layout: GraphLayout) -> tuple[Any, ...]:
         w = width[comp]
         per_input.append(
             {"down.weight": {0: w}, "down.bias": {0: w}, "up.weight": {1: w}, "up.bias": None}.get(suffix)
-            if comp != "lora" else ({0: w} if suffix.endswith(".A") else {1: w})
+            if comp != "lora"
+            else ({0: w} if suffix.endswith(".A") else {1: w})
         )
     return ({0: batch}, tuple(per_input))
 
@@ -281,7 +290,7 @@ def _remap_rows(w: Tensor, have: Sequence[str], want: Sequence[str]) -> Tensor:
     out = w.new_zeros((c * len(want), *w.shape[1:]))
     for j, slot in enumerate(have):
         i = list(want).index(slot)
-        out[i * c:(i + 1) * c] = w[j * c:(j + 1) * c]
+        out[i * c : (i + 1) * c] = w[j * c : (j + 1) * c]
     return out
 
 
@@ -366,8 +375,7 @@ def export_backbone_onnx(
     Returns:
         The metadata written (``metadata_props``) plus ``size`` (bytes), ``path`` and ``max_abs_diff`` (the check).
     """
-    layout = make_layout(backbone, family, patt_positions=patt_positions, lora_targets=lora_targets,
-                         mlp_mode=mlp_mode)
+    layout = make_layout(backbone, family, patt_positions=patt_positions, lora_targets=lora_targets, mlp_mode=mlp_mode)
     if any(len(block.adapters) for block in backbone.adaptable_blocks()):
         backbone = _clean_copy(backbone)  # a serving backbone carries the bank's hooks: export a private copy
     for p in backbone.parameters():
@@ -385,8 +393,13 @@ def export_backbone_onnx(
             with warnings.catch_warnings(), _quiet_exporter():
                 warnings.simplefilter("ignore")  # the exporter's axis-renaming and deprecation chatter
                 program = torch.onnx.export(
-                    model, (clip, weights), None, input_names=list(layout.input_names),
-                    output_names=[LOGITS_OUTPUT], dynamic_shapes=_dynamic_shapes(layout), external_data=False,
+                    model,
+                    (clip, weights),
+                    None,
+                    input_names=list(layout.input_names),
+                    output_names=[LOGITS_OUTPUT],
+                    dynamic_shapes=_dynamic_shapes(layout),
+                    external_data=False,
                     verbose=False,
                 )
             assert program is not None
@@ -451,8 +464,9 @@ def _write_model(program: Any, metadata: Mapping[str, str], path: str) -> None:
     onnx.save_model(proto, path)  # one file: the weights are initializers inside it (< 2 GB)
 
 
-def _check_onnx(path: str, clip: Tensor, weights: tuple[Tensor, ...], layout: GraphLayout,
-                expected: Tensor) -> float | None:
+def _check_onnx(
+    path: str, clip: Tensor, weights: tuple[Tensor, ...], layout: GraphLayout, expected: Tensor
+) -> float | None:
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime ships with the cloud extra
