@@ -10,6 +10,8 @@ What lives here:
   (``adapter_config.json`` + ``adapter_model.safetensors``).
 - ``vpetl.formats.onnx``: the backbone as one ONNX graph with adapter weights as graph inputs (the edge graph;
   moved here from ``training/onnx_export.py``).
+- ``vpetl.formats.onnx_quant``: its dynamic int8 variant (onnxruntime's quantizer) and a variant's top-1 agreement
+  with the fp32 graph; ``vpetl.formats.onnx_merge``: a single-task graph with one adapter merged into constants.
 
 Importing this package is torch-free; each submodule imports torch only where it converts tensors.
 """
