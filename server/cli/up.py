@@ -10,6 +10,7 @@ and are ready in seconds.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -75,8 +76,14 @@ def _demo_adapter(
 
 
 def _sample_clip(data_dir: Path) -> Path | None:
-    clips = sorted((data_dir / "demo-data" / "appearance").rglob("*.mp4"))
-    return clips[0] if clips else None
+    """The first validation clip of the appearance demo set: held out from training, so predicting it right means
+    something (the training clips' first file would be a clip the adapter has seen)."""
+    root = data_dir / "demo-data" / "appearance"
+    try:
+        first = (root / "val.txt").read_text().split("\n", 1)[0].rsplit(" ", 1)[0]
+    except OSError:
+        return None
+    return root / first if first and (root / first).is_file() else None
 
 
 @app.command()
@@ -117,7 +124,9 @@ def up(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     out = err_console if as_json else console  # --json: stdout carries only the JSON lines
-    torch.set_num_threads(2)
+    # VPETL_TORCH_THREADS as in `vpetl pretrain`/`train`: on an oversubscribed host 1 thread trains far faster
+    # than 2 (OpenMP threads waiting on each other; see BENCHMARKS.md, "Demo")
+    torch.set_num_threads(int(os.environ.get("VPETL_TORCH_THREADS", "2")))
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         settings = get_settings(host=host, port=port, data_dir=data_dir, backbone="vpetl-demo")
