@@ -7,7 +7,8 @@
   server is unreachable — refused, or accepting connections and never answering — the clip is predicted locally
   from the cached adapter and graph after at most the timeout (1.5 s by default), and the server is tried again
   only every ``retry_every`` seconds, so later clips go straight to the device. The cached adapter and graph are
-  fetched at start while the server is there.
+  fetched at start while the server is there and the adapter re-checked every ``retry_every`` seconds (a 304 when
+  it is current), so the fallback runs the current version.
 - **Output**: one JSON line per clip (stdout or ``--out FILE``, appended and flushed per line): the prediction in
   the server's shape plus ``clip``, ``source`` (``server`` / ``local``) and ``fallback``; or ``error``.
 - **Labelled uploads** (``--upload-label L``): each clip is copied into an on-disk queue and sent when the server is
@@ -185,6 +186,7 @@ class Watcher:
         self.queue = (UploadQueue(c.queue_dir or self.cache.root / "upload-queue", max_bytes=c.queue_max_bytes,
                                   max_clips=c.queue_max_clips) if c.upload_label else None)  # fmt: skip
         self._local_ready = False
+        self._warned = False
 
     def close(self) -> None:
         for client in (self.quick, self.full, self.uploader):
@@ -199,9 +201,9 @@ class Watcher:
         self.online, self._next_try = False, self.clock() + self.config.retry_every
 
     def _maybe_back(self) -> None:
-        if self.online and self.config.local and self.clock() >= self._next_refresh:
+        if self.online and self.clock() >= self._next_refresh:
             self._next_refresh = self.clock() + self.config.retry_every
-            self._prepare_local()  # --local: pick up a newly published adapter now and then (a 304 otherwise)
+            self._prepare_local()  # keep the cached adapter current for the fallback (a 304 when it is)
         if self.online or self.clock() < self._next_try:
             return
         if self.quick.health():
@@ -223,7 +225,9 @@ class Watcher:
         except VpetlError as e:
             if self.config.local:
                 raise
-            self.say(f"no local fallback for {self.config.task}: [{e.code}] {e.message}")
+            if not self._warned:  # once, not at every periodic refresh
+                self._warned = True
+                self.say(f"no local fallback for {self.config.task}: [{e.code}] {e.message}")
 
     def _flush(self) -> None:
         if self.queue is None or not self.online:
