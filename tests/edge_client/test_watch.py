@@ -124,17 +124,21 @@ def test_watch_falls_back_queues_uploads_and_resends_when_the_server_is_back(
         _appear(folder, "seg-001.mp4", bodies[0])
         (first,) = _lines(out, 1, 60, watch)
         assert "source" in first, first
-        assert (first["source"], first["upload"], first["task"]) == ("server", "queued", "cam")
+        assert (first["source"], first["upload"], first["task"], first["version"]) == ("server", "queued", "cam", 1)
+        _, newer = make_adapter("bapat", {"bottleneck": 8}, task="cam", labels=["a", "b", "c"], seed=7)
+        with httpx.Client(base_url=server.url, timeout=30) as http:  # v2, published while the watch runs
+            assert http.put("/adapters/cam", content=newer, headers=OCTET).status_code == 201
+        time.sleep(1.5)  # > --retry-every: the watch re-checks its cached adapter and pulls v2
         server.stop()  # the server goes away
         t0 = time.monotonic()
         _appear(folder, "seg-002.mp4", bodies[1])
         second = _lines(out, 2, 30, watch)[1]
         assert time.monotonic() - t0 <= 0.2 + 2.0 + 1.0  # the write, ≤ 2 s fallback, polls + a tiny local forward
         assert (second["source"], second["fallback"], second["local"]) == ("local", True, True)
+        assert second["version"] == 2  # the fallback runs the version published before the server went away
         _appear(folder, "seg-003.mp4", bodies[0])  # the same bytes as seg-001 (sent already): queued again
         third = _lines(out, 3, 30, watch)[2]
-        assert third["source"] == "local" and third["predictions"][0]["label"] == first["predictions"][0]["label"]
-        assert abs(third["predictions"][0]["score"] - first["predictions"][0]["score"]) < 1e-3
+        assert third["source"] == "local" and third["version"] == 2
         queue = tmp_path / "cache" / "upload-queue"
         assert len(list(queue.glob("*.json"))) == 2  # both waiting on disk
         server.start()  # back (same port, same Redis)
@@ -144,8 +148,13 @@ def test_watch_falls_back_queues_uploads_and_resends_when_the_server_is_back(
         assert not list(queue.glob("*.json")), "the queue was not sent when the server came back"
         _appear(folder, "seg-004.mp4", bodies[2])
         fourth = _lines(out, 4, 30, watch)[3]
-        assert fourth["source"] == "server"
+        assert fourth["source"] == "server" and fourth["version"] == 2
         assert watch.wait(30) == 0
+        # the device's prediction of seg-003 (local, v2) is the server's for the same bytes
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            served = http.post("/predict?task=cam", content=bodies[0], headers={"Content-Type": "video/mp4"}).json()
+        assert served["version"] == 2 and third["predictions"][0]["label"] == served["predictions"][0]["label"]
+        assert abs(third["predictions"][0]["score"] - served["predictions"][0]["score"]) < 1e-3
     finally:
         if watch.poll() is None:
             watch.kill()
