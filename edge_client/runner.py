@@ -342,7 +342,7 @@ class Runner:
                     self.info.input_spec,
                 )
             feeds = graph_feeds(self.info, adapter)
-            # One copy into ORT-owned tensors now, none per call after.
+            # Wrapped once as OrtValues (on CPU they share the arrays, which they keep alive): nothing per call.
             values = {name: self._ort.OrtValue.ortvalue_from_numpy(t) for name, t in feeds.items()}
         self._feeds[adapter.sha256] = values
         while len(self._feeds) > self._max:
