@@ -75,7 +75,7 @@ def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
         fn()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in names}
     for i in range(repeats):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
             arms[name]()
             times[name].append(time.perf_counter() - t0)
@@ -96,8 +96,13 @@ def _model(backbone: Any, num_classes: int = 10, seed: int = 0) -> Any:
 
 
 def _adapter(model: Any, task: str, dtype: str = "float32") -> bytes:
-    return adapter_bytes(model, task=task, labels=[f"c{i}" for i in range(model.num_classes)], dtype=dtype,
-                         created_at="2025-01-01T00:00:00Z")
+    return adapter_bytes(
+        model,
+        task=task,
+        labels=[f"c{i}" for i in range(model.num_classes)],
+        dtype=dtype,
+        created_at="2025-01-01T00:00:00Z",
+    )
 
 
 def _fold(graph: Path, runner: Runner, data: bytes, dst: Path) -> Path:
@@ -159,15 +164,23 @@ def latency(name: str, spec: InputSpec | None, workdir: Path, repeats: int) -> d
     }, repeats)  # fmt: skip
     torch_ms = times["torch_eager"]["median_ms"]
     return {
-        "backbone": name, "clip": f"{s.num_frames}x{s.size}^2", "batch": 1, "threads": THREADS,
-        "export_s": round(export_s, 1), "quantize_s": round(quantize_s, 1), "max_abs_logit_diff": diff,
-        "max_abs_logit_diff_int8": diff_int8, "max_abs_logit_diff_merged": diff_merged, **times,
+        "backbone": name,
+        "clip": f"{s.num_frames}x{s.size}^2",
+        "batch": 1,
+        "threads": THREADS,
+        "export_s": round(export_s, 1),
+        "quantize_s": round(quantize_s, 1),
+        "max_abs_logit_diff": diff,
+        "max_abs_logit_diff_int8": diff_int8,
+        "max_abs_logit_diff_merged": diff_merged,
+        **times,
         "ratio_ort_over_torch": times["onnxruntime"]["median_ms"] / torch_ms,
         "ratio_unbound_over_torch": times["onnxruntime_unbound"]["median_ms"] / torch_ms,
         "ratio_file_per_call_over_torch": times["onnxruntime_file_per_call"]["median_ms"] / torch_ms,
         "ratio_merged_over_torch": times["onnxruntime_merged"]["median_ms"] / torch_ms,
         "ratio_int8_over_fp32": times["onnxruntime_int8"]["median_ms"] / times["onnxruntime"]["median_ms"],
-        "graph_bytes_fp32": graph.stat().st_size, "graph_bytes_int8": int8.stat().st_size,
+        "graph_bytes_fp32": graph.stat().st_size,
+        "graph_bytes_int8": int8.stat().st_size,
         "size_ratio_int8": int8.stat().st_size / graph.stat().st_size,
         "task_switch": _switch(backbone, runner, clip, repeats),
     }
@@ -219,6 +232,7 @@ def session_options(name: str, spec: InputSpec | None, workdir: Path, repeats: i
     runners = {}
     real = R.session_options
     for label, changes in variants.items():
+
         def patched(*args: Any, _changes: dict = changes, **kwargs: Any) -> Any:
             options = real(*args, **kwargs)
             for key, value in _changes.items():
@@ -291,8 +305,12 @@ def task_switch(name: str, workdir: Path) -> dict[str, Any]:
     export_backbone_onnx(backbone, "bapat", graph, check=False)
     export_s = time.perf_counter() - t0
     model = _model(backbone)
-    out: dict[str, Any] = {"backbone": name, "method": "bapat d=128 r=64", "onnx_bytes": graph.stat().st_size,
-                           "export_s": round(export_s, 1)}
+    out: dict[str, Any] = {
+        "backbone": name,
+        "method": "bapat d=128 r=64",
+        "onnx_bytes": graph.stat().st_size,
+        "export_s": round(export_s, 1),
+    }
     adapter_params = sum(p.numel() for p in model.trainable_state_dict().values())
     backbone_params = sum(p.numel() for p in backbone.frozen_state_dict().values())
     out["bound_param_ratio"] = adapter_params / backbone_params
@@ -358,18 +376,27 @@ def main() -> None:
                         help="int8/merged vs fp32 top-1 on the demo tasks' validation clips (pretrains and trains "
                         "them into --data-dir on first use, as `vpetl up`)")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".vpetl", help="where `vpetl up` caches the demo")
-    parser.add_argument("--only", choices=["latency", "options", "switch", "sync", "agreement"], action="append",
-                        help="run only these sections (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=["latency", "options", "switch", "sync", "agreement"],
+        action="append",
+        help="run only these sections (repeatable)",
+    )
     args = parser.parse_args()
     want = set(args.only or ["latency", "options", "switch", "sync"] + (["agreement"] if args.agreement else []))
     torch.set_num_threads(THREADS)
     repeats = max(10, args.repeats)
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/edge.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                    "torch_threads": THREADS, "ort_threads": THREADS,
-                    "loadavg_at_start": os.getloadavg()[0]},  # a shared box: other jobs skew torch's OpenMP most
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "torch_threads": THREADS,
+            "ort_threads": THREADS,
+            "loadavg_at_start": os.getloadavg()[0],
+        },  # a shared box: other jobs skew torch's OpenMP most
     }
     with tempfile.TemporaryDirectory(prefix="vpetl-edge-bench-") as tmp:
         work = Path(tmp)
@@ -390,43 +417,55 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     m = result["machine"]
-    print(f"{result['command']}  ({m['cpus']} CPUs, torch/ORT threads {THREADS}, load average "
-          f"{m['loadavg_at_start']:.1f} → {m['loadavg_at_end']:.1f})")
+    print(
+        f"{result['command']}  ({m['cpus']} CPUs, torch/ORT threads {THREADS}, load average "
+        f"{m['loadavg_at_start']:.1f} → {m['loadavg_at_end']:.1f})"
+    )
     for r in result.get("latency", []):
-        print(f"latency {r['backbone']} {r['clip']} batch 1 (median of {repeats}, alternating): "
-              f"torch eager {r['torch_eager']['median_ms']:.1f} ms; onnxruntime bound "
-              f"{r['onnxruntime']['median_ms']:.1f} ms → ORT/torch {r['ratio_ort_over_torch']:.2f} "
-              f"(unbound {r['onnxruntime_unbound']['median_ms']:.1f} ms = {r['ratio_unbound_over_torch']:.2f}, "
-              f"file re-read per call {r['onnxruntime_file_per_call']['median_ms']:.1f} ms = "
-              f"{r['ratio_file_per_call_over_torch']:.2f}); "
-              f"merged {r['onnxruntime_merged']['median_ms']:.1f} ms = {r['ratio_merged_over_torch']:.2f}; "
-              f"int8 {r['onnxruntime_int8']['median_ms']:.1f} ms → int8/fp32 {r['ratio_int8_over_fp32']:.2f}; "
-              f"graph {r['graph_bytes_fp32'] / 2**20:.1f} MiB fp32, int8 {r['size_ratio_int8']:.2f}×; "
-              f"max |Δlogit| vs torch {r['max_abs_logit_diff']:.1e} fp32, {r['max_abs_logit_diff_int8']:.1e} int8, "
-              f"{r['max_abs_logit_diff_merged']:.1e} merged")
+        print(
+            f"latency {r['backbone']} {r['clip']} batch 1 (median of {repeats}, alternating): "
+            f"torch eager {r['torch_eager']['median_ms']:.1f} ms; onnxruntime bound "
+            f"{r['onnxruntime']['median_ms']:.1f} ms → ORT/torch {r['ratio_ort_over_torch']:.2f} "
+            f"(unbound {r['onnxruntime_unbound']['median_ms']:.1f} ms = {r['ratio_unbound_over_torch']:.2f}, "
+            f"file re-read per call {r['onnxruntime_file_per_call']['median_ms']:.1f} ms = "
+            f"{r['ratio_file_per_call_over_torch']:.2f}); "
+            f"merged {r['onnxruntime_merged']['median_ms']:.1f} ms = {r['ratio_merged_over_torch']:.2f}; "
+            f"int8 {r['onnxruntime_int8']['median_ms']:.1f} ms → int8/fp32 {r['ratio_int8_over_fp32']:.2f}; "
+            f"graph {r['graph_bytes_fp32'] / 2**20:.1f} MiB fp32, int8 {r['size_ratio_int8']:.2f}×; "
+            f"max |Δlogit| vs torch {r['max_abs_logit_diff']:.1e} fp32, {r['max_abs_logit_diff_int8']:.1e} int8, "
+            f"{r['max_abs_logit_diff_merged']:.1e} merged"
+        )
         t = r["task_switch"]
-        print(f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms; first call after it "
-              f"{t['first_call_ms_median']:.1f} ms vs steady {t['steady_call_ms_median']:.1f} ms")
+        print(
+            f"  task switch (new adapter file → bound): {t['switch_ms_median']:.1f} ms; first call after it "
+            f"{t['first_call_ms_median']:.1f} ms vs steady {t['steady_call_ms_median']:.1f} ms"
+        )
     for r in result.get("session_options", []):
         parts = ", ".join(f"{k} {v['median_ms']:.1f} ms ({v['ratio_to_chosen']:.2f}×)"
                           for k, v in r.items() if isinstance(v, dict))  # fmt: skip
         print(f"session options {r['backbone']} {r['clip']}: {parts}")
     for r in result.get("task_switch", []):
-        print(f"task switch {r['backbone']} {r['method']}: graph {r['onnx_bytes'] / 2**20:.1f} MiB once, then "
-              f"{r['adapter_bytes_float32'] / 2**20:.2f} MiB fp32 = {100 * r['ratio_float32']:.1f}% / "
-              f"{r['adapter_bytes_float16'] / 2**20:.2f} MiB fp16 = {100 * r['ratio_float16']:.1f}% per switch "
-              f"(bound: adapter/backbone params {100 * r['bound_param_ratio']:.1f}%)")
+        print(
+            f"task switch {r['backbone']} {r['method']}: graph {r['onnx_bytes'] / 2**20:.1f} MiB once, then "
+            f"{r['adapter_bytes_float32'] / 2**20:.2f} MiB fp32 = {100 * r['ratio_float32']:.1f}% / "
+            f"{r['adapter_bytes_float16'] / 2**20:.2f} MiB fp16 = {100 * r['ratio_float16']:.1f}% per switch "
+            f"(bound: adapter/backbone params {100 * r['bound_param_ratio']:.1f}%)"
+        )
     if "sync" in result:
         s = result["sync"]
-        print(f"sync with nothing new ({s['tasks']} tasks, {s['server']}): {s['nothing_new_adapter_bytes']} adapter "
-              f"bytes, {s['nothing_new_requests']} request(s), {s['nothing_new_sync_ms_median']:.1f} ms median "
-              f"(spread {s['nothing_new_sync_ms_spread']:.2f}); one 304 check "
-              f"{s['conditional_get_304_ms_median'] or float('nan'):.2f} ms "
-              f"(first sync: {s['first_sync_adapter_bytes']:,} bytes)")
+        print(
+            f"sync with nothing new ({s['tasks']} tasks, {s['server']}): {s['nothing_new_adapter_bytes']} adapter "
+            f"bytes, {s['nothing_new_requests']} request(s), {s['nothing_new_sync_ms_median']:.1f} ms median "
+            f"(spread {s['nothing_new_sync_ms_spread']:.2f}); one 304 check "
+            f"{s['conditional_get_304_ms_median'] or float('nan'):.2f} ms "
+            f"(first sync: {s['first_sync_adapter_bytes']:,} bytes)"
+        )
     for task, variants in result.get("agreement", {}).items():
         for variant, a in variants.items():
-            print(f"agreement {task} {variant} vs fp32: {a['agree']}/{a['clips']} validation clips "
-                  f"({100 * (a['agreement'] or 0):.1f}%), max |Δlogit| {a['max_abs_logit_diff']:.2g}")
+            print(
+                f"agreement {task} {variant} vs fp32: {a['agree']}/{a['clips']} validation clips "
+                f"({100 * (a['agreement'] or 0):.1f}%), max |Δlogit| {a['max_abs_logit_diff']:.2g}"
+            )
 
 
 if __name__ == "__main__":

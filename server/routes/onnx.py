@@ -246,16 +246,18 @@ async def backbone_onnx_agreement(
         except ValueError:
             pass  # a damaged record is recomputed
     result = await asyncio.to_thread(_agreement, services, fam, reference, variant, data, clips)
-    answer = GraphAgreement(task=task, family=fam, quant=quant, merged=merged, graph_sha256=variant_sha,
-                            adapter_sha256=sha256, **result)
+    answer = GraphAgreement(
+        task=task, family=fam, quant=quant, merged=merged, graph_sha256=variant_sha, adapter_sha256=sha256, **result
+    )
     tmp = record.with_suffix(".tmp")
     tmp.write_text(answer.model_dump_json())
     tmp.replace(record)
     return answer
 
 
-def _agreement(services: Services, family: str, reference: Path, variant: Path, adapter: bytes,
-               clips: list[Any]) -> dict[str, Any]:
+def _agreement(
+    services: Services, family: str, reference: Path, variant: Path, adapter: bytes, clips: list[Any]
+) -> dict[str, Any]:
     from vpetl.formats.onnx import decode_adapter, make_layout, task_feeds
     from vpetl.formats.onnx_quant import agreement
     from vpetl.video import load_clip

@@ -50,8 +50,9 @@ def test_numpy_folding_matches_the_banks(runners: dict[str, Runner], family: str
 
 
 @pytest.mark.parametrize(("family", "method", "options"), CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
-def test_onnx_matches_torch_on_a_real_mp4(runners: dict[str, Runner], mp4_clip: Path, family: str, method: str,
-                                          options: dict) -> None:
+def test_onnx_matches_torch_on_a_real_mp4(
+    runners: dict[str, Runner], mp4_clip: Path, family: str, method: str, options: dict
+) -> None:
     model, data = make_adapter(method, options, task="demo")
     runner = runners[family]
     response = runner.predict(mp4_clip, read_adapter(data), topk=2, version=3)
@@ -91,8 +92,11 @@ def test_graph_metadata_and_dynamic_axes(tiny_graphs: dict[str, Path]) -> None:
     assert meta["backbone"] == TINY and meta["backbone_sha256"] == backbone.sha256() and meta["family"] == "bapat"
     assert json.loads(meta["input_spec"]) == backbone.input_spec.model_dump(mode="json")
     names = json.loads(meta["input_names"])
-    assert names == [i.name for i in proto.graph.input] and names[0] == "clip" and names[-2:] == ["head.weight",
-                                                                                                 "head.bias"]
+    assert (
+        names == [i.name for i in proto.graph.input]
+        and names[0] == "clip"
+        and names[-2:] == ["head.weight", "head.bias"]
+    )
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
     assert isinstance(dims["clip"][0], str)  # batch
     assert isinstance(dims["blocks.0.patt.down.weight"][0], str) and dims["blocks.0.patt.up.weight"][0] == 3 * 64

@@ -77,8 +77,9 @@ def test_export_onnx_command(tmp_path: Path) -> None:
     from server.cli import app
 
     out = tmp_path / "lin.onnx"
-    result = CliRunner().invoke(app, ["export-onnx", "--backbone", "videomae-tiny", "--family", "linear",
-                                      "--out", str(out), "--json"])
+    result = CliRunner().invoke(
+        app, ["export-onnx", "--backbone", "videomae-tiny", "--family", "linear", "--out", str(out), "--json"]
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["family"] == "linear" and info["size"] == out.stat().st_size and info["max_abs_diff"] < 1e-4
@@ -87,8 +88,11 @@ def test_export_onnx_command(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    feeds = {"clip": np.zeros((3, 3, 4, 32, 32), np.float32), "head.weight": np.ones((7, 64), np.float32),
-             "head.bias": np.zeros(7, np.float32)}
+    feeds = {
+        "clip": np.zeros((3, 3, 4, 32, 32), np.float32),
+        "head.weight": np.ones((7, 64), np.float32),
+        "head.bias": np.zeros(7, np.float32),
+    }
     assert session.run(None, feeds)[0].shape == (3, 7)
     bad = CliRunner().invoke(app, ["export-onnx", "--backbone", "nope", "--out", str(out)])
     assert bad.exit_code != 0 and "unknown_backbone" in bad.output
