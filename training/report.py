@@ -196,8 +196,10 @@ def write_markdown(
             "",
             "## Run",
             "",
-            f"- runs: {summary.get('runs')}, total {summary.get('total_time_s')} s "
-            f"(data + backbone {summary.get('prep_time_s')} s)",
+            f"- runs: {summary.get('runs')}, their run times summing to "
+            f"{sum(float(r.get('run_time_s') or 0) for r in records):.0f} s; this invocation (which resumes an "
+            f"interrupted experiment) took {summary.get('total_time_s')} s, data + backbone "
+            f"{summary.get('prep_time_s')} s",
             f"- demo backbone {str(summary.get('backbone_sha256', ''))[:12]}: source val top-1 "
             f"{100 * float(pre.get('val_top1') or 0):.1f}%",
             "- mean run time per method (s): "
