@@ -178,7 +178,8 @@ def write_markdown(
             "",
             "Difference a − b in top-1 points, mean over the seeds both rows ran, with the 95% Student-t "
             "interval of the paired differences (t over seeds, not a bootstrap over clips). "
-            "**holds**: the interval is above 0; **reversed**: below 0; otherwise not resolved.",
+            "**holds**: the interval is above 0; **reversed**: below 0; otherwise (or with fewer than 3 seeds) "
+            "not resolved.",
             "",
             "| Claim | Task | a − b | Difference (points) | 95% interval | Seeds | Verdict |",
             "|---|---|---|---|---|---|---|",

@@ -68,9 +68,14 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     return Interval(mean, t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n), n)
 
 
-def verdict(diff: Interval) -> str:
-    """A claim "a beats b" from the interval of a − b: holds (all above 0), reversed (all below), or not resolved."""
-    if diff.n < 2 or math.isnan(diff.half):
+def verdict(diff: Interval, min_n: int = 3) -> str:
+    """A claim "a beats b" from the interval of a − b: holds (all above 0), reversed (all below), or not resolved.
+
+    Fewer than ``min_n`` pairs are never resolved: top-1 on a few hundred clips moves in steps of a quarter point,
+    so two seeds often give the same difference twice, and a zero-width interval from two equal values says
+    nothing about a third seed.
+    """
+    if diff.n < max(min_n, 2) or math.isnan(diff.half):
         return "not resolved at this budget"
     if diff.low > 0:
         return "holds"

@@ -42,6 +42,8 @@ def test_verdicts() -> None:
     assert verdict(mean_interval([-2.0, -3.0, -4.0])) == "reversed"
     assert verdict(mean_interval([-1.0, 3.0, 1.0])) == "not resolved at this budget"
     assert verdict(mean_interval([9.0])) == "not resolved at this budget"  # one seed: no interval
+    assert verdict(mean_interval([2.0, 2.0])) == "not resolved at this budget"  # two seeds, zero width: too few
+    assert verdict(mean_interval([2.0, 2.0]), min_n=2) == "holds"
 
 
 def _rec(task: str, row: str, seed: int, top1: float) -> dict[str, object]:
