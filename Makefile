@@ -4,16 +4,39 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench install redis-server browser clean mutate gpu-wheels
+.PHONY: up test lint bench install lock redis-server browser clean mutate gpu-wheels
 
-# Create the venv and install the cloud + edge + dev extras. torch is pinned first (constraints.txt) so pip takes
-# the local CPU build and never resolves a multi-GB CUDA wheel.
-$(STAMP): pyproject.toml constraints.txt
+# The lock (constraints.txt, written by `make lock`) pins every package; installs use it as pip constraints, so a
+# fresh clone gets exactly the locked versions (tools/lock.py check --installed says so, or fails the install).
+# torch comes first, from PyTorch's CPU wheel index, with --no-deps (its dependencies come locked, in the next
+# step): pip never resolves a multi-GB CUDA build. A GPU host picks its build with another index, e.g.
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cu126` (the lock pins the version, not the build).
+# Where that index cannot be reached, pip falls back to the machine's own configured wheels (find-links).
+LOCK := constraints.txt
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= $(or $(patsubst torch==%,%,$(shell grep -m1 '^torch==' $(LOCK))),2.13.0)
+TORCH_INSTALL = pip install -q --retries 1 --index-url $(TORCH_INDEX) --no-deps "torch==$(TORCH_VERSION)"
+EXTRAS := .[cloud,edge,dev]
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[cloud,edge,dev]"
+	$(BIN)/pip install -q -c $(LOCK) pip setuptools wheel
+	$(BIN)/$(TORCH_INSTALL)
+	$(BIN)/pip install -q -c $(LOCK) -e "$(EXTRAS)"
+	$(BIN)/python tools/lock.py check --installed
 	touch $(STAMP)
+
+# Regenerate the lock: a clean venv under build/ installs pyproject's ranges afresh (newest versions that fit),
+# then its pip freeze becomes constraints.txt (torch: TORCH_VERSION, default the locked one). Commit the result.
+LOCK_VENV := build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(LOCK_VENV)/bin/$(TORCH_INSTALL)
+	$(LOCK_VENV)/bin/pip install -q "$(EXTRAS)"
+	$(LOCK_VENV)/bin/python tools/lock.py freeze --out $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 install: $(STAMP)
 
