@@ -12,7 +12,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("synth")
 def synth(
-    preset: str = typer.Option(..., "--preset", "-p", help="source | temporal | appearance"),
+    preset: str = typer.Option(..., "--preset", "-p", help="source | temporal | order | appearance"),
     out: str = typer.Option(..., "--out", "-o", help="output directory (created; must be empty unless --overwrite)"),
     clips_per_class: int = typer.Option(40, "--clips-per-class", "-n", min=1, help="clips per class"),
     seed: int = typer.Option(0, "--seed", help="same seed, same frames"),
