@@ -10,12 +10,12 @@ over T published BAPAT adapters) against three arms, measured in alternating rou
   head has 0 CPUs and whose two worker nodes have 1 CPU each, so each predictor replica (``predictor_num_cpus=1``,
   one torch thread) gets a node of its own; between rounds the app is redeployed with 1 or 2 replicas.
 
-The backbone is registered once with a reduced clip (default ``videomae-b`` at 4×112²: ViT-B's FLOPs per token,
-98 tokens), which every server and replica loads from Redis. Reported: req/s per round and median, p50/p99, and the
+The backbone is registered once with a reduced clip (default ``videomae-b`` at 8×160²: ViT-B's FLOPs per token,
+400 tokens, ~0.8 s of one core per clip), which every server and replica loads from Redis. Reported: req/s per round and median, p50/p99, and the
 same-run ratios ray1 ÷ local (target ≥ 0.9) and ray2 ÷ ray1 (target ≥ 1.6 for 2 replicas on 2 nodes).
 
-Run: ``python benchmarks/ray_scale.py [--backbone videomae-b --frames 4 --size 112] [--clients 6] [--duration 20]
-[--rounds 2] [--json]``; ``--quick`` (``videomae-tiny``, short rounds) checks it works in about a minute.
+Run: ``python benchmarks/ray_scale.py [--backbone videomae-b --frames 8 --size 160] [--clients 6] [--duration 30]
+[--rounds 3] [--json]``; ``--quick`` (``videomae-tiny``, short rounds) checks it works in about a minute.
 """
 
 from __future__ import annotations
@@ -197,12 +197,12 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="videomae-b")
-    parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--clients", type=int, default=6)
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per arm and round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per arm and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="videomae-tiny, 2 clients, 3 s rounds, 1 round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
