@@ -13,6 +13,7 @@ import torch
 from server.batcher import MicroBatcher
 from server.predictor import Predictor, _Item
 from vpetl.errors import Overloaded
+from vpetl.petl.data_path import DataPath, Stager
 
 
 class FakeBank:
@@ -21,6 +22,7 @@ class FakeBank:
     def __init__(self, fits: int, error: type[BaseException] = MemoryError) -> None:
         self.fits, self.error = fits, error
         self.calls: list[int] = []
+        self.stager = Stager(torch.device("cpu"), DataPath())  # the bank's batch stacking, as served
 
     def forward(self, clips: torch.Tensor, keys: list[Any]) -> list[torch.Tensor]:
         self.calls.append(clips.shape[0])
