@@ -11,8 +11,9 @@ over T published BAPAT adapters) against three arms, measured in alternating rou
   one torch thread) gets a node of its own; between rounds the app is redeployed with 1 or 2 replicas.
 
 The backbone is registered once with a reduced clip (default ``videomae-b`` at 8×160²: ViT-B's FLOPs per token,
-400 tokens, ~0.8 s of one core per clip), which every server and replica loads from Redis. Reported: req/s per round and median, p50/p99, and the
-same-run ratios ray1 ÷ local (target ≥ 0.9) and ray2 ÷ ray1 (target ≥ 1.6 for 2 replicas on 2 nodes).
+400 tokens, ~0.8 s of one core per clip), which every server and replica loads from Redis. Reported: req/s per
+round and median, p50/p99, and the same-run ratios ray1 ÷ local (target ≥ 0.9) and ray2 ÷ ray1 (target ≥ 1.6 for
+2 replicas on 2 nodes).
 
 Run: ``python benchmarks/ray_scale.py [--backbone videomae-b --frames 8 --size 160] [--clients 6] [--duration 30]
 [--rounds 3] [--json]``; ``--quick`` (``videomae-tiny``, short rounds) checks it works in about a minute.
