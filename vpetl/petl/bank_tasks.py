@@ -76,15 +76,17 @@ class TaskAdapter:
         return int(self.head_weight.shape[0])
 
 
-_shape_cache: dict[tuple[str, str, int, str], dict[str, tuple[int, ...]]] = {}
+_shape_cache: dict[tuple[str, str, int, str, str], dict[str, tuple[int, ...]]] = {}
 
 
 def expected_shapes(backbone: Backbone, config: MethodConfig, num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Stable name -> shape an adapter file must hold; cached per (backbone, config, classes) so a cold load
-    does not build modules just to learn shapes."""
+    """Stable name -> shape an adapter file must hold; cached per (backbone, its input spec, config, classes) so
+    a cold load does not build modules just to learn shapes. The input spec is part of the key because
+    ``check_backbone`` depends on it (DualPath needs enough frames per clip), not only the weights."""
     import json
 
-    key = (backbone.sha256(), json.dumps(config.to_dict(), sort_keys=True), num_classes, backbone.name)
+    spec = backbone.input_spec.model_dump_json()
+    key = (backbone.sha256(), json.dumps(config.to_dict(), sort_keys=True), num_classes, backbone.name, spec)
     if key not in _shape_cache:
         method = get_method(config.method)(config)
         method.check_backbone(backbone)

@@ -82,3 +82,18 @@ def test_bank_refuses_an_adapter_needing_more_frames_than_it_decodes() -> None:
     with pytest.raises(IncompatibleAdapter, match=r"needs clips of 32 frames .*16-frame clips.*--frames 32"):
         bank.load("long", 1, data)
     assert len(bank.cache) == 0
+
+
+def test_the_frame_check_holds_after_the_same_weights_loaded_it_with_more_frames() -> None:
+    """One process, two backbones with the same weights (same sha256) but 32- and 16-frame clips: the adapter
+    loads on the first, and the shape cache filled there must not let it past the second's frame check."""
+    spec32 = InputSpec(num_frames=32, sampling="uniform", size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    long_bank = AdapterBank(create_backbone("clip-vit-tiny", input_spec=spec32))
+    model = _perturbed(create_backbone("clip-vit-tiny", input_spec=spec32), "dualpath",
+                       {"bottleneck": 8, "num_framesets": 2}, 3, seed=2)  # fmt: skip
+    data = adapter_bytes(model, task="long2", labels=["a", "b", "c"])
+    long_bank.load("long2", 1, data)
+    short_bank = AdapterBank(create_backbone("clip-vit-tiny"))
+    assert short_bank.backbone.sha256() == long_bank.backbone.sha256()
+    with pytest.raises(IncompatibleAdapter, match=r"needs clips of 32 frames"):
+        short_bank.load("long2", 1, data)
