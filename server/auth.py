@@ -29,6 +29,7 @@ import redis
 import redis.asyncio.cluster
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.background import start_background, stop_background
 from server.errors import RETRY_AFTER_S, error_response, vpetl_error_response
 from server.settings import Settings
 from vpetl.errors import (
@@ -115,18 +116,12 @@ class KeyCache:
     async def start(self) -> None:
         with contextlib.suppress(redis.RedisError, OSError):
             await self.reload()  # Redis away at start: loaded on the first request (or the first check)
-        loop = asyncio.get_running_loop()
-        self._background = [
-            loop.create_task(self._watch_events(), name="vpetl-key-events"),
-            loop.create_task(self._check(), name="vpetl-key-check"),
-        ]
+        self._background = start_background(
+            {"vpetl-key-events": self._watch_events(), "vpetl-key-check": self._check()}
+        )
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_background(self._background)
         self._background = []
 
     async def reload(self) -> None:

@@ -10,10 +10,10 @@ and by the Ray Serve ingress (which has no adapters, only the routing decision).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from server.background import start_background, stop_background
 from vpetl.errors import UnknownTask
 from vpetl.store import AsyncAdapterStore
 
@@ -37,18 +37,12 @@ class PointerCache:
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._background = [
-            loop.create_task(self._watch_events(), name="vpetl-events"),
-            loop.create_task(self._check_pointers(), name="vpetl-pointer-check"),
-        ]
+        self._background = start_background(
+            {"vpetl-events": self._watch_events(), "vpetl-pointer-check": self._check_pointers()}
+        )
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_background(self._background)
         self._background = []
 
     def apply(self, task: str, version: int | None) -> None:
