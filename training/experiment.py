@@ -33,6 +33,7 @@ import torch
 
 from training.clips import ClipTensors, load_clip_tensors
 from training.pretrain import PretrainConfig, ensure_demo_backbone
+from training.progress import count_bar
 from training.report import CSV_FIELDS, write_markdown, write_plot
 from training.trainer import TrainConfig, check_datasets, fit, train_adapter
 from vpetl.backbones.base import Backbone
@@ -336,7 +337,6 @@ def run_experiment(
 
     Returns a summary: paths, run count, total and per-method mean run times, backbone hash and pretrain metrics.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -374,13 +374,7 @@ def run_experiment(
             csv.DictWriter(fh, fieldnames=CSV_FIELDS).writeheader()
     records: list[dict[str, Any]] = list(done)
     todo = [r for r in runs if (r[0], r[1].key, r[2]) not in finished]
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
+    with count_bar(progress, transient=False) as bar:
         job = bar.add_task(f"experiment {preset.name}", total=len(runs), completed=len(runs) - len(todo))
         for task, row, seed in todo:
             bar.update(job, description=f"{task} · {row.key} · seed {seed}")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from training.clips import load_clip_tensors
+from training.progress import count_bar
 from training.trainer import TrainConfig, fit
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.checkpoint import save_backbone
@@ -158,20 +159,12 @@ def _cached(path: Path, sidecar: Path) -> PretrainResult | None:
 
 
 def _render(config: PretrainConfig, spec: Any, progress: bool) -> tuple:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from training.synth_clips import render_clip_tensors
     from vpetl.data.synth import PRESETS
 
     total = config.clips_per_class * len(PRESETS["source"].classes)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
+    with count_bar(progress) as bar:
         task = bar.add_task("render source clips", total=total)
         return render_clip_tensors(
             "source",
@@ -187,16 +180,8 @@ def _render(config: PretrainConfig, spec: Any, progress: bool) -> tuple:
 
 
 def _decode(train: VideoDataset, val: VideoDataset, spec: Any, config: PretrainConfig, progress: bool) -> tuple:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
+    with count_bar(progress) as bar:
         task = bar.add_task("decode clips", total=len(train) + len(val))
         train_t = load_clip_tensors(
             train,

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 @dataclass
@@ -32,10 +32,26 @@ class ProgressEvent:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def count_bar(enabled: bool, *, transient: bool = True) -> Progress:
+    """A "description ▕bar▏ done/total ETA" bar for work counted in items (clips rendered, runs finished); use as a
+    context manager; a no-op display when not ``enabled``."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=transient,
+    )
+
+
 def format_eta(seconds: float) -> str:
     seconds = max(int(round(seconds)), 0)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class TrainDisplay:
@@ -44,15 +60,21 @@ class TrainDisplay:
     A no-op when disabled, or when the console is not a terminal (logs and pipes stay clean).
     """
 
-    def __init__(self, title: str, epochs: int, total_steps: int, *, enabled: bool = True,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self, title: str, epochs: int, total_steps: int, *, enabled: bool = True, console: Console | None = None
+    ) -> None:
         self.title, self.epochs, self.total_steps = title, epochs, total_steps
         console = console or Console(stderr=True)
         self.enabled = enabled and console.is_terminal
         self.val = ""
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=console, transient=False, disable=not self.enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not self.enabled,
         )
         self.task = self.progress.add_task(title, total=total_steps, info="")
 
@@ -70,6 +92,8 @@ class TrainDisplay:
             return
         if event.val_top1 is not None:
             self.val = f" · val top-1 {event.val_top1:.1%}"
-        info = (f"epoch {event.epoch}/{event.epochs} · loss {event.loss:.3f} · lr {event.lr:.2e} · "
-                f"{event.clips_per_s:.1f} clips/s · ETA {format_eta(event.eta_s)}{self.val}")
+        info = (
+            f"epoch {event.epoch}/{event.epochs} · loss {event.loss:.3f} · lr {event.lr:.2e} · "
+            f"{event.clips_per_s:.1f} clips/s · ETA {format_eta(event.eta_s)}{self.val}"
+        )
         self.progress.update(self.task, completed=event.step, info=info)
