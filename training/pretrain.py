@@ -22,23 +22,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.clips import load_clip_tensors
 from training.progress import count_bar
-from training.trainer import TrainConfig, fit
+from training.trainer import TrainConfig, fit, resolve_device
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.checkpoint import save_backbone
+from vpetl.backbones.layers import ConvStem3D
 from vpetl.backbones.registry import create_backbone
 from vpetl.data.readers import VideoDataset, open_dataset
 
-PRETRAIN_VERSION = 3  # 3: the 11-class source domain with direction and event order (synth version 3)
+PRETRAIN_VERSION = 4  # 3: the 11-class source domain with direction and event order (synth version 3); 4: the
+# conv stem (trained with BatchNorm, folded before saving) and the torch thread count in the cache key
 BACKBONE = "vpetl-demo"
 
 
@@ -52,7 +56,8 @@ class PretrainConfig:
 
     seed: int = 0  # backbone init, data generation, order and augmentation
     # 1,460 clips per class × 11 classes, 5% held out: ~15,300 fresh training clips. Fresh clips beat epochs: 8,000
-    # clips × 4 epochs overfit (train 84%, val 71%) where 16,000 × 2 reach the same in the same time.
+    # clips × 4 epochs overfit (train 84%, val 71%) where 16,000 × 2 reach the same in the same time; 1,200 per
+    # class (to save the conv stem's extra step time) fell from 72% to 59% source top-1 (README, "Demo backbone").
     clips_per_class: int = 1460
     data_size: int = 80  # rendered frame side; the input spec crops 64 from its 73-pixel short-side resize
     val_fraction: float = 0.05
@@ -66,6 +71,9 @@ class PretrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.2
     label_smoothing: float = 0.0
+    # weight of the tokens' own-pixel reconstruction loss beside the class loss (0: class loss only); it keeps
+    # appearance in the features (see _Classifier)
+    reconstruction_weight: float = 1.0
     num_workers: int = 2  # processes for synthesis and decoding
     device: str = "auto"  # cuda when available (bf16 autocast), else cpu
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # architecture changes (tests)
@@ -111,6 +119,11 @@ def _dataset_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+def _runtime(config: PretrainConfig) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    return {"device": device.type, **({"torch_threads": torch.get_num_threads()} if device.type == "cpu" else {})}
+
+
 def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
     """Content hash of the inputs: recipe + seed, synthetic preset parameters (or the given data's bytes),
     architecture and input spec."""
@@ -121,6 +134,9 @@ def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
         "backbone": BACKBONE,
         "architecture": _architecture(config),
         "recipe": config.to_dict(),
+        # the floats a CPU run produces depend on the torch thread count (its reductions split differently), so
+        # a file pretrained with 2 threads is not the one a 1-thread run would write: each gets its own key
+        "runtime": _runtime(config),
         "data": {"dataset_sha256": _dataset_digest(Path(data))}
         if data is not None
         else {
@@ -136,16 +152,49 @@ def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class _Classifier(nn.Module):
-    """Backbone + temporary head; only the backbone survives pretraining."""
+def tubelets(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """(B, 3, T, H, W) clips -> (B, N, pt·ph·pw·3) pixels of each token's tubelet, in the ViT's t-major token
+    order (token t'·H'W' + h'·W' + w')."""
+    b, c, t, h, w = x.shape
+    pt, ph, pw = patch
+    x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)  # (B, C, T', pt, H', ph, W', pw)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', pt, ph, pw, C)
+    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)  # (B, N, pt·ph·pw·C)
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+
+class _Classifier(nn.Module):
+    """Backbone + temporary head (+ a linear pixel decoder); only the backbone survives pretraining.
+
+    With ``reconstruction_weight > 0`` every output token also reconstructs its own tubelet's (normalised) pixels
+    through one Linear, and training adds ``weight × MSE`` to the class loss (:func:`training.trainer.fit` asks
+    :meth:`pop_auxiliary_loss`). Why: the source classes are kinds of motion of randomly coloured objects, so a
+    class loss alone teaches the backbone to discard colour, texture and shape — what the ``appearance`` target
+    task needs (measured in README, "Demo backbone"). The decoder sees every token (no masking: it keeps
+    appearance in the features, it is not VideoMAE's masked pretraining).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, reconstruction_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
+        self.reconstruction_weight = reconstruction_weight
+        patch = getattr(getattr(backbone, "patch_embed", None), "patch", None)
+        self.patch: tuple[int, int, int] | None = tuple(patch) if reconstruction_weight > 0 and patch else None
+        self.decoder = nn.Linear(backbone.num_features, 3 * math.prod(self.patch)) if self.patch else None
+        self._auxiliary: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        if self.decoder is None or not self.training:
+            return self.head(self.backbone(x))
+        tokens = self.backbone.forward_tokens(x)  # (B, N, C)
+        target = tubelets(x.float(), self.patch)  # (B, N, pt·ph·pw·3)
+        self._auxiliary = self.reconstruction_weight * F.mse_loss(self.decoder(tokens).float(), target)
+        return self.head(self.backbone.pool_tokens(tokens))
+
+    def pop_auxiliary_loss(self) -> torch.Tensor:
+        """The reconstruction loss of the last training forward (zero when there is none)."""
+        loss, self._auxiliary = self._auxiliary, None
+        return loss if loss is not None else torch.zeros(())
 
 
 def _cached(path: Path, sidecar: Path) -> PretrainResult | None:
@@ -233,6 +282,11 @@ def pretrain_demo(
 
     cache.mkdir(parents=True, exist_ok=True)
     backbone = create_backbone(BACKBONE, seed=config.seed, freeze=False, **config.backbone_overrides)
+    stem = backbone.patch_embed if isinstance(backbone.patch_embed, ConvStem3D) else None
+    if stem is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            stem.add_batch_norm()  # trains fast with it; folded away below, so the saved backbone has none
     spec = backbone.input_spec
     if data is None:
         train_t, val_t = _render(config, spec, progress)
@@ -244,7 +298,7 @@ def pretrain_demo(
     backbone.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = _Classifier(backbone, train_t.num_classes)
+        model = _Classifier(backbone, train_t.num_classes, config.reconstruction_weight)
     named = dict(model.named_parameters())
     train_config = TrainConfig(
         epochs=config.epochs,
@@ -270,7 +324,10 @@ def pretrain_demo(
         title="pretrain vpetl-demo",
     )
 
-    backbone.to("cpu").eval().freeze()
+    backbone.to("cpu").eval()
+    if stem is not None:
+        stem.fold_batch_norm()
+    backbone.freeze()
     partial = path.with_suffix(".part")
     save_backbone(backbone, partial)
     result = PretrainResult(

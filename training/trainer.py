@@ -257,6 +257,9 @@ def fit(
                     with autocast(device, amp):
                         logits = model(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                    auxiliary = getattr(model, "pop_auxiliary_loss", None)  # the pretraining's reconstruction
+                    if auxiliary is not None:
+                        loss = loss + auxiliary()
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}): "
                                                  "lower the learning rate")

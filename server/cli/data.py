@@ -20,6 +20,9 @@ def synth(
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.95, help="share of clips in val.txt"),
     workers: int = typer.Option(0, "--workers", min=0, help="render processes (0: up to 2)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="write into a non-empty directory"),
+    scenes: str = typer.Option(
+        "", "--scenes", help="busy | clean (default: the preset's own: clean for source, busy for the others)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON, no progress bar"),
 ) -> None:
     """Write a synthetic action dataset as real mp4 files (folder layout with train.txt / val.txt)."""
@@ -29,11 +32,13 @@ def synth(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from vpetl.data.synth import PRESETS, synthesize
+    from vpetl.data.synth import PRESETS, SCENES, synthesize
     from vpetl.errors import DatasetError
 
     if preset not in PRESETS:
         fail(DatasetError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}"))
+    if scenes and scenes not in SCENES:
+        fail(DatasetError(f"unknown scenes {scenes!r}: choose from {', '.join(SCENES)}"))
     show = not as_json and console.is_terminal
     manifest_file = Path(out) / "dataset.json"
     before = manifest_file.stat().st_mtime_ns if manifest_file.is_file() else None
@@ -43,7 +48,7 @@ def synth(
         task = bar.add_task(f"synth {preset}", total=clips_per_class * len(PRESETS[preset].classes))
         try:
             path = synthesize(preset, out, clips_per_class, seed, size, val_fraction=val_fraction,
-                              workers=workers or None, overwrite=overwrite,
+                              workers=workers or None, overwrite=overwrite, scenes=scenes or None,
                               progress=lambda done, total: bar.update(task, completed=done))
         except DatasetError as exc:
             fail(exc)

@@ -152,6 +152,10 @@ def pretrain(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="default: the ~3-minute recipe's (2)"),
     clips_per_class: int | None = typer.Option(None, "--clips-per-class", min=2,
                                                help="synthetic source clips per class (default 1460)"),
+    reconstruction_weight: float | None = typer.Option(
+        None, "--reconstruction-weight", min=0.0,
+        help="weight of the tokens' own-pixel reconstruction loss beside the class loss (default 1; 0: class loss "
+        "only, which discards appearance)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
@@ -165,7 +169,8 @@ def pretrain(
     _threads()
     cache = data_dir / "backbones"
     try:
-        changes = {k: v for k, v in (("epochs", epochs), ("clips_per_class", clips_per_class)) if v is not None}
+        changes = {k: v for k, v in (("epochs", epochs), ("clips_per_class", clips_per_class),
+                                     ("reconstruction_weight", reconstruction_weight)) if v is not None}
         config = PretrainConfig(seed=seed, device=device, **changes)  # type: ignore[arg-type]
         result = pretrain_demo(config, cache, data=data, progress=not as_json)
     except VpetlError as e:

@@ -22,8 +22,15 @@ from server.cli.app import app, console, err_console, fail, print_json_line, res
 from vpetl.errors import VpetlError
 
 DEMO_TASKS = {"synthetic-temporal": "temporal", "synthetic-appearance": "appearance"}
-DEMO_CLIPS_PER_CLASS = 24
-DEMO_EPOCHS = 8
+DEMO_CLIPS_PER_CLASS = 64
+DEMO_EPOCHS = 10
+# the demo tasks are the clean-scene versions of the presets (one object on the class's own background, no
+# clutter or distractors): what the 1M-parameter demo backbone can learn in the first-run budget; `vpetl
+# experiment` measures the busy ones
+DEMO_SCENES = "clean"
+# short clips, as in pretraining: the demo spec's 8 frames at stride 2 then see the whole motion (of a 24–48-frame
+# clip only a third to two thirds; measured: synthetic-temporal 71% → 83% on the same backbone)
+DEMO_FRAMES = (16, 20)
 
 
 def _demo_adapter(
@@ -52,6 +59,9 @@ def _demo_adapter(
         clips_per_class=clips_per_class,
         seed=1,
         size=80,  # even, above the demo spec's 73-px short side (it crops 64²)
+        scenes=DEMO_SCENES,
+        frames=DEMO_FRAMES,
+        overwrite=True,  # vpetl up's own cache: a set from an older recipe is rewritten, not refused
     )
     train, val = open_dataset(root, "train"), open_dataset(root, "val")
     config = TrainConfig(

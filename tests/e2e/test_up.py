@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from training.pretrain import BACKBONE, PretrainConfig, pretrain_key
 from vpetl.backbones import create_backbone
@@ -44,7 +45,12 @@ def _seed_backbone_cache(data_dir: Path) -> str:
     cache = data_dir / "backbones"
     cache.mkdir(parents=True)
     config = PretrainConfig()
-    key = pretrain_key(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the key covers the thread count: vpetl up pretrains with 2 (VPETL_TORCH_THREADS unset)
+    try:
+        key = pretrain_key(config)
+    finally:
+        torch.set_num_threads(threads)
     path = cache / f"{BACKBONE}-{key[:16]}.safetensors"
     backbone = create_backbone(BACKBONE, seed=11)
     save_backbone(backbone, path)
@@ -58,7 +64,7 @@ def _start(data_dir: Path, port: int, log: Path, json_out: Path | None = None) -
     """``vpetl up`` logging to ``log``; with ``json_out``, ``--json`` and its stdout (JSON lines only) there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPETL_")}
     with log.open("ab") as fh:
-        # a tiny demo (the defaults train 24 clips per class for 8 epochs: minutes on 2 cores)
+        # a tiny demo (the defaults train 64 clips per class for 10 epochs: minutes on 2 cores)
         cmd = [str(BIN / "vpetl"), "up", "--data-dir", str(data_dir), "--port", str(port),
                "--demo-clips-per-class", "4", "--demo-epochs", "1"] + (["--json"] if json_out else [])  # fmt: skip
         out = json_out.open("wb") if json_out else fh

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from training.pretrain import PretrainConfig, ensure_demo_backbone, pretrain_demo, pretrain_key
+from training.pretrain import PretrainConfig, _Classifier, ensure_demo_backbone, pretrain_demo, pretrain_key, tubelets
 from vpetl.backbones import create_backbone
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -52,3 +54,44 @@ def test_same_seed_gives_the_same_backbone_bytes(tmp_path: Path) -> None:
     assert one.backbone_sha256 == two.backbone_sha256 and one.path.read_bytes() == two.path.read_bytes()
     other = pretrain_demo(PretrainConfig(**{**CONFIG.__dict__, "seed": 1}), tmp_path / "three", progress=False)
     assert other.backbone_sha256 != one.backbone_sha256
+
+
+def test_cache_key_covers_the_torch_thread_count() -> None:
+    """A CPU run's floats depend on the thread count, so a 1-thread and a 2-thread file never share a key."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pretrain_key(CONFIG)
+        torch.set_num_threads(2)
+        two = pretrain_key(CONFIG)
+    finally:
+        torch.set_num_threads(threads)
+    assert one != two
+
+
+def test_tubelets_are_in_the_patch_embedding_token_order() -> None:
+    """Reference: torch's Conv3d with kernel = stride = tubelet is a linear map of each token's tubelet; the same
+    weights applied to ``tubelets(x)`` give the same (B, N, C) tokens."""
+    torch.manual_seed(0)
+    patch = (2, 4, 4)
+    conv = torch.nn.Conv3d(3, 5, kernel_size=patch, stride=patch, bias=False)
+    x = torch.randn(2, 3, 4, 8, 12)
+    ref = conv(x).flatten(2).transpose(1, 2)  # (B, N, C), t-major as in the ViT
+    weight = conv.weight.permute(0, 2, 3, 4, 1).reshape(5, -1)  # (C, pt·ph·pw·3): the tubelet's layout
+    torch.testing.assert_close(tubelets(x, patch) @ weight.T, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_reconstruction_loss_is_added_in_training_only() -> None:
+    backbone = create_backbone("vpetl-demo", freeze=False, **TINY).requires_grad_(True)
+    model = _Classifier(backbone, 3, reconstruction_weight=0.5)
+    x = torch.randn(2, 3, 8, 64, 64)
+    model.train()
+    logits = model(x)
+    loss = model.pop_auxiliary_loss()
+    expected = 0.5 * F.mse_loss(model.decoder(backbone.forward_tokens(x)), tubelets(x, (2, 16, 16)))
+    torch.testing.assert_close(loss, expected)
+    assert logits.shape == (2, 3) and float(model.pop_auxiliary_loss()) == 0.0  # popped once
+    model.eval()
+    model(x)
+    assert float(model.pop_auxiliary_loss()) == 0.0
+    assert _Classifier(backbone, 3).decoder is None  # weight 0: the class loss alone

@@ -157,6 +157,65 @@ class PatchEmbed3D(nn.Module):
         return x
 
 
+class ConvStem3D(nn.Module):
+    """A convolutional patchify: per-frame 3×3 stride-2 convolutions (+ ReLU), then a tubelet projection.
+
+    (B, 3, T, H, W) -> (B, C, T/pt, H/ph, W/pw), the same token grid as :class:`PatchEmbed3D` with the same
+    ``patch``; the convolutions take ``log2(ph / pw_last)`` of the spatial stride, ``proj`` the rest. Why: a ViT
+    trained from scratch on a few thousand clips learns far faster on top of a few convolutions than on a linear
+    patchify (Xiao et al. 2021, "Early convolutions help transformers see better"); measured for ``vpetl-demo`` in
+    README, "Demo backbone".
+
+    Served, it has no normalisation. Pretraining calls :meth:`add_batch_norm` (BatchNorm after every convolution,
+    which is what makes it train fast) and :meth:`fold_batch_norm` before saving, which folds each BatchNorm's
+    eval-mode affine map into its convolution exactly: the saved backbone is convolutions with biases only, so
+    training adapters on it (``model.train()``) cannot move batch statistics of a frozen backbone.
+    """
+
+    def __init__(self, patch: tuple[int, int, int], in_chans: int, dim: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        pt, ph, pw = patch
+        stride = 2 ** len(widths)
+        if ph % stride or pw % stride:
+            raise ValueError(f"{len(widths)} stride-2 stem convolutions do not divide the patch {ph}×{pw}")
+        self.patch = patch
+        chans = (in_chans, *widths)
+        self.stem = nn.ModuleList(
+            nn.Conv3d(a, b, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+            for a, b in zip(chans[:-1], chans[1:], strict=True)
+        )
+        self.norms: nn.ModuleList | None = None
+        rest = (pt, ph // stride, pw // stride)
+        self.proj = nn.Conv3d(chans[-1], dim, kernel_size=rest, stride=rest)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, conv in enumerate(self.stem):
+            x = conv(x)  # (B, C_i, T, H / 2^(i+1), W / 2^(i+1))
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = F.relu(x)
+        return self.proj(x)  # (B, C, T', H', W')
+
+    def add_batch_norm(self) -> None:
+        """Insert a (fresh) BatchNorm after every stem convolution, for training from scratch."""
+        self.norms = nn.ModuleList(nn.BatchNorm3d(conv.out_channels) for conv in self.stem)
+        self.norms.to(self.proj.weight.device)
+
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold each BatchNorm's running statistics and affine map into its convolution; drop the norms.
+
+        BN(conv(x)) = γ · (W x + b − μ) / √(σ² + ε) + β = (s W) x + (s (b − μ) + β), with s = γ / √(σ² + ε).
+        """
+        if self.norms is None:
+            return
+        for conv, norm in zip(self.stem, self.norms, strict=True):
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))  # (C_out, C_in, 1, 3, 3): one scale per output channel
+            conv.bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+        self.norms = None
+
+
 def sincos_position_table(num_tokens: int, dim: int) -> Tensor:
     """VideoMAE's fixed 1-D sin-cos table: angle(p, j) = p / 10000^(2⌊j/2⌋/dim); sin on even j, cos on odd j.
 

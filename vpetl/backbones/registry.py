@@ -69,7 +69,7 @@ def _config(cls: type, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
     if unknown:
         raise UnknownBackbone(f"unknown backbone option(s) {unknown}; valid: {sorted(known)}")
     fields = {**base, **overrides}
-    for key in ("depths", "num_heads", "patch_size", "window_size"):
+    for key in ("depths", "num_heads", "patch_size", "window_size", "stem_widths"):
         if isinstance(fields.get(key), list):
             fields[key] = tuple(fields[key])
     return cls(**fields)
@@ -162,8 +162,9 @@ def _clip_vit_tiny(overrides: dict[str, Any], spec: InputSpec | None) -> Backbon
 
 @register_backbone(
     "vpetl-demo",
-    "small video ViT (embed 128, depth 4, max pooling, 8×64² clips) pretrained by `vpetl pretrain` on synthetic video",
+    "small video ViT (3-conv stem, embed 128, depth 4, max pooling, 8×64² clips) pretrained by `vpetl pretrain` on "
+    "synthetic video",
 )
 def _vpetl_demo(overrides: dict[str, Any], spec: InputSpec | None) -> Backbone:
-    base = {"embed_dim": 128, "depth": 4, "num_heads": 2, "pool": "max"}
+    base = {"embed_dim": 128, "depth": 4, "num_heads": 2, "pool": "max", "stem_widths": (16, 32, 64)}
     return VideoViT(_config(VideoViTConfig, base, overrides), spec or DEMO_SPEC)

@@ -17,7 +17,7 @@ from torch import nn
 
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.hooks import AdaptableBlock, BlockContext
-from vpetl.backbones.layers import PatchEmbed3D, ViTBlock, init_weights_vit, sincos_position_table
+from vpetl.backbones.layers import ConvStem3D, PatchEmbed3D, ViTBlock, init_weights_vit, sincos_position_table
 from vpetl.errors import InvalidInput
 from vpetl.protocol import InputSpec
 
@@ -36,6 +36,9 @@ class VideoViTConfig:
     norm_eps: float = 1e-6  # VideoMAE original; HF transformers defaults to 1e-12
     fc_norm_eps: float = 1e-6
     pool: str = "mean"  # "mean" (VideoMAE) or "max" over all tokens, before fc_norm
+    # stride-2 3×3 stem convolutions before the tubelet projection (``ConvStem3D``, ``vpetl-demo``); () is
+    # VideoMAE's linear patchify
+    stem_widths: tuple[int, ...] = ()
 
 
 class VideoViT(Backbone):
@@ -48,7 +51,12 @@ class VideoViT(Backbone):
         if c.pool not in ("mean", "max"):
             raise ValueError(f"pool must be 'mean' or 'max', got {c.pool!r}")
         self.num_features = c.embed_dim
-        self.patch_embed = PatchEmbed3D((c.tubelet_size, c.patch_size, c.patch_size), c.in_chans, c.embed_dim)
+        patch = (c.tubelet_size, c.patch_size, c.patch_size)
+        self.patch_embed: nn.Module = (
+            ConvStem3D(patch, c.in_chans, c.embed_dim, tuple(c.stem_widths))
+            if c.stem_widths
+            else PatchEmbed3D(patch, c.in_chans, c.embed_dim)
+        )
         self.blocks = nn.ModuleList(
             [
                 ViTBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, qkv_layout="separate")
@@ -102,7 +110,10 @@ class VideoViT(Backbone):
 
     def forward(self, x: Tensor, tag: str | None = None) -> Tensor:
         """(B, 3, T, H, W) -> pooled (B, C): mean (or max, ``config.pool``) over all tokens, then fc_norm."""
-        tokens = self.forward_tokens(x, tag)  # (B, N, C)
+        return self.pool_tokens(self.forward_tokens(x, tag))
+
+    def pool_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, N, C) tokens -> (B, C) features: mean (or max) over tokens, then fc_norm."""
         pooled = tokens.amax(dim=1) if self.config.pool == "max" else tokens.mean(dim=1)
         return self.fc_norm(pooled)
 

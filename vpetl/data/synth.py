@@ -61,7 +61,17 @@ SYNTH_VERSION = 3  # bump on any change to what a (preset, seed, index) renders:
 FPS = 15
 DEFAULT_FRAMES = (24, 48)
 
-__all__ = ["PRESETS", "Preset", "render_clip", "synthesize", "write_mp4", "DEFAULT_FRAMES", "SYNTH_VERSION"]
+__all__ = [
+    "PRESETS",
+    "SCENES",
+    "Preset",
+    "render_clip",
+    "synthesize",
+    "write_mp4",
+    "default_scenes",
+    "DEFAULT_FRAMES",
+    "SYNTH_VERSION",
+]
 
 
 @dataclass(frozen=True)
@@ -328,14 +338,26 @@ _NUISANCE = {
     "clean": Nuisance(("plain", "gradient", "field"), 0, 0, (0.14, 0.22), (1.0, 3.0), (0.0, 0.02)),
 }
 _PRESET_NUISANCE = {"source": "clean", "temporal": "busy", "order": "busy", "appearance": "busy"}
+#: The scene kinds a caller may ask for instead of a preset's own (``synthesize(..., scenes="clean")``): ``vpetl
+#: up``'s demo tasks are the clean-scene versions of ``temporal`` and ``appearance`` (one object, a smooth
+#: background), which the 1M-parameter demo backbone can learn in its first-run budget; ``vpetl experiment``
+#: keeps the busy ones.
+SCENES = tuple(_NUISANCE)
 
 
-def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames: tuple[int, int]) -> Scene:
+def default_scenes(preset: str) -> str:
+    """The scene kind a preset renders unless told otherwise."""
+    return _PRESET_NUISANCE.get(preset, "busy")
+
+
+def _scene(
+    preset: str, label: int, rng: np.random.Generator, size: int, frames: tuple[int, int], scenes: str | None = None
+) -> Scene:
     """The random scene of one clip of class ``label`` (all class-specific choices live here)."""
     t = int(rng.integers(frames[0], frames[1] + 1))
     pad = max(size // 16, 2)
     world = size + 2 * pad
-    nuisance = _NUISANCE[_PRESET_NUISANCE.get(preset, "busy")]
+    nuisance = _NUISANCE[scenes or default_scenes(preset)]
     kind, palette = str(rng.choice(nuisance.backgrounds)), None
     texture = str(rng.choice(tuple(TEXTURES)))
     radius = rng.uniform(*nuisance.radius) * size
@@ -348,9 +370,11 @@ def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames:
     elif preset == "appearance":
         shape, pref_texture, pref_kind, base = _APPEARANCE[PRESETS["appearance"].classes[label]]
         motion = str(rng.choice(("sliding", "spinning", "pulsing", "bouncing", "wandering", "static")))
-        # Mostly the class's look, sometimes another: the object kind is the only fully reliable cue.
-        texture = pref_texture if rng.random() < 0.7 else texture
-        if rng.random() < 0.75:
+        # Busy scenes: mostly the class's look, sometimes another (the object kind is the only fully reliable cue).
+        # Clean scenes: always the class's look, as they drop every other nuisance.
+        busy = nuisance is _NUISANCE["busy"]
+        texture = pref_texture if rng.random() < (0.7 if busy else 1.0) else texture
+        if rng.random() < (0.75 if busy else 1.0):
             kind, palette = pref_kind, base
     else:
         raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
@@ -377,13 +401,25 @@ def _scene(preset: str, label: int, rng: np.random.Generator, size: int, frames:
 
 
 def render_clip(
-    preset: str, label: int, index: int, *, seed: int = 0, size: int = 128, frames: tuple[int, int] = DEFAULT_FRAMES
+    preset: str,
+    label: int,
+    index: int,
+    *,
+    seed: int = 0,
+    size: int = 128,
+    frames: tuple[int, int] = DEFAULT_FRAMES,
+    scenes: str | None = None,
 ) -> np.ndarray:
-    """Frames (T, size, size, 3) uint8 RGB of clip ``index`` of class ``label`` (deterministic in all arguments)."""
+    """Frames (T, size, size, 3) uint8 RGB of clip ``index`` of class ``label`` (deterministic in all arguments).
+
+    ``scenes`` (one of :data:`SCENES`) replaces the preset's own scene kind; the class content is the same draw.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    if scenes is not None and scenes not in _NUISANCE:
+        raise ValueError(f"unknown scenes {scenes!r}: choose from {', '.join(SCENES)}")
     rng = np.random.default_rng([seed, _PRESET_IDS[preset], label, index])
-    return render(_scene(preset, label, rng, size, frames), rng)
+    return render(_scene(preset, label, rng, size, frames, scenes), rng)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -417,12 +453,14 @@ def write_mp4(path: str | Path, frames: np.ndarray, *, fps: int = FPS, codec: st
     return codec
 
 
-def _make_clip(job: tuple[str, int, int, int, int, tuple[int, int], str, str]) -> tuple[int, int, str, int]:
+def _make_clip(
+    job: tuple[str, int, int, int, int, tuple[int, int], str, str, str | None],
+) -> tuple[int, int, str, int]:
     """Worker: render and write one clip; returns (label, index, relative path, frame count)."""
-    preset, label, index, seed, size, frames, out_dir, codec = job
+    preset, label, index, seed, size, frames, out_dir, codec, scenes = job
     name = PRESETS[preset].classes[label]
     rel = f"{name}/{name}_{index:04d}.mp4"
-    video = render_clip(preset, label, index, seed=seed, size=size, frames=frames)
+    video = render_clip(preset, label, index, seed=seed, size=size, frames=frames, scenes=scenes)
     target = Path(out_dir) / rel
     partial = target.with_name(target.name + ".part")
     write_mp4(partial, video, codec=codec)
@@ -435,6 +473,14 @@ def _split_counts(clips_per_class: int, val_fraction: float) -> int:
     if val_fraction <= 0 or clips_per_class < 2:
         return 0
     return min(max(int(round(clips_per_class * val_fraction)), 1), clips_per_class - 1)
+
+
+def _manifest_scenes(out: Path, preset: str) -> str | None:
+    """The scene kind a dataset's manifest records (one written before ``scenes`` existed: the preset's own)."""
+    try:
+        return str(json.loads((out / "dataset.json").read_text()).get("scenes", default_scenes(preset)))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _manifest_matches(out: Path, wanted: dict[str, Any]) -> bool:
@@ -458,6 +504,7 @@ def synthesize(
     frames: tuple[int, int] = DEFAULT_FRAMES,
     workers: int | None = None,
     overwrite: bool = False,
+    scenes: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a synthetic dataset of ``preset`` under ``out_dir`` and return that directory.
@@ -465,7 +512,8 @@ def synthesize(
     A directory already holding the same dataset (same manifest parameters, split files present) is returned as
     is (a cache for ``vpetl up``). A non-empty directory holding something else is refused unless ``overwrite``.
     ``progress(done, total)`` is called after every clip; ``workers`` processes render in parallel (default: up to
-    2, one when there are few clips).
+    2, one when there are few clips). ``scenes`` (:data:`SCENES`) replaces the preset's own scene kind (busy for
+    the target presets, clean for ``source``).
     """
     if preset not in PRESETS:
         raise DatasetError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
@@ -477,6 +525,8 @@ def synthesize(
         raise DatasetError("val_fraction must be in [0, 1)")
     if not 2 <= frames[0] <= frames[1]:
         raise DatasetError("frames must be a range (min, max) with 2 <= min <= max")
+    if scenes is not None and scenes not in _NUISANCE:
+        raise DatasetError(f"unknown scenes {scenes!r}: choose from {', '.join(SCENES)}")
     spec = PRESETS[preset]
     out = Path(out_dir)
     wanted = {
@@ -489,7 +539,8 @@ def synthesize(
         "frames": list(frames),
         "classes": list(spec.classes),
     }
-    if _manifest_matches(out, wanted):
+    scene_kind = scenes or default_scenes(preset)
+    if _manifest_matches(out, wanted) and _manifest_scenes(out, preset) == scene_kind:
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"{out} is not empty: choose another directory or pass overwrite (--overwrite)")
@@ -499,7 +550,7 @@ def synthesize(
 
     codec = _codec()
     jobs = [
-        (preset, label, i, seed, size, tuple(frames), str(out), codec)
+        (preset, label, i, seed, size, tuple(frames), str(out), codec, scenes)
         for label in range(len(spec.classes))
         for i in range(clips_per_class)
     ]
@@ -537,6 +588,7 @@ def synthesize(
         **wanted,
         "format": "vpetl-folder/1",
         "generator": "vpetl.data.synth",
+        "scenes": scene_kind,
         "description": spec.description,
         "class_descriptions": dict(zip(spec.classes, spec.class_descriptions, strict=True)),
         "codec": codec,

@@ -7,7 +7,7 @@ reader uses (``vpetl serve --checkpoint DIR/model.safetensors`` reads such a dir
 
 What does not carry over, said rather than hidden:
 
-- ``pool="max"`` (the ``vpetl-demo`` backbone) has no HF counterpart: refused.
+- ``pool="max"`` and a convolutional stem (the ``vpetl-demo`` backbone has both) have no HF counterpart: refused.
 - HF builds its ``fc_norm`` with LayerNorm's default eps 1e-5 whatever the config says; vpetl's VideoMAE uses 1e-6
   (the original code). The encoder's own norms follow ``layer_norm_eps`` and match exactly; the pooled feature
   after ``fc_norm`` differs by the eps alone (measured in tests/vpetl/formats/test_hf.py, far below 1e-4 logits).
@@ -37,7 +37,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def check_exportable(backbone: Backbone) -> None:
-    """Raise UnsupportedConversion unless ``backbone`` is a mean-pooled VideoMAE-style video ViT."""
+    """Raise UnsupportedConversion unless ``backbone`` is a mean-pooled VideoMAE-style video ViT (linear patchify)."""
     if backbone.family != "video_vit":
         raise UnsupportedConversion(
             f"backbone {backbone.name!r} ({backbone.family}) has no Hugging Face export: only VideoMAE-style video "
@@ -46,6 +46,10 @@ def check_exportable(backbone: Backbone) -> None:
     if getattr(backbone.config, "pool", "mean") != "mean":
         raise UnsupportedConversion(
             f"backbone {backbone.name!r} pools with {backbone.config.pool!r}; transformers' VideoMAE only mean-pools"
+        )
+    if getattr(backbone.config, "stem_widths", ()):
+        raise UnsupportedConversion(
+            f"backbone {backbone.name!r} has a convolutional stem; transformers' VideoMAE patchifies with one Conv3d"
         )
 
 

@@ -6,6 +6,7 @@ adds to each attention score) is trained too by default (``position_tables``): t
 Table 3, whose count is reached only with the tables — Swin-B, 174 classes: 137,216 biases + 953,160 table
 entries + 178,350 head = 1,268,726 (the table prints 1.29M; 1,090,376 without the head, printed 1.11M).
 ``position_tables=False`` trains the biases alone (315,566 with the head). Backbones without tables ignore it.
+A conv stem's inner convolutions (``vpetl-demo``) are not trained: see :data:`STEM_PREFIX`.
 
 Tensor names: ``backbone.<parameter path>``, e.g. ``backbone.blocks.0.attn.q_bias``,
 ``backbone.layers.0.blocks.1.norm1.bias`` or ``backbone.layers.0.blocks.1.attn.relative_position_bias_table``. A
@@ -26,6 +27,10 @@ from vpetl.petl.base import Method, MethodConfig, check_bool
 from vpetl.petl.registry import register_method
 
 POSITION_TABLE = "relative_position_bias_table"
+# the convolutions of a conv stem (``vpetl-demo``: ConvStem3D) stay frozen, as a feature extractor: their
+# outputs pass a ReLU, so a bias change there is not a shift any hook could apply; the stem's last projection
+# (``patch_embed.proj.bias``, the tokens' own bias) is trained as on every ViT
+STEM_PREFIX = "patch_embed.stem."
 
 
 def is_bias(name: str) -> bool:
@@ -68,5 +73,7 @@ class BitfitMethod(Method):
         return [
             n
             for n, _ in backbone.named_parameters()
-            if ".adapters." not in n and (is_bias(n) or (c.position_tables and n.endswith(POSITION_TABLE)))
+            if ".adapters." not in n
+            and not n.startswith(STEM_PREFIX)
+            and (is_bias(n) or (c.position_tables and n.endswith(POSITION_TABLE)))
         ]

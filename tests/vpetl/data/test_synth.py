@@ -193,3 +193,42 @@ def test_cli_synth_json(tmp_path: Path) -> None:
     assert len((out / "train.txt").read_text().splitlines()) == 8
     result = CliRunner().invoke(app, ["data", "synth", "--preset", "nope", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "unknown preset" in result.output
+
+
+def test_clean_scenes_drop_the_clutter_and_are_their_own_dataset(tmp_path: Path) -> None:
+    """``scenes="clean"`` (vpetl up's demo tasks): no clutter or distractors, one larger object; a clean set is
+    not mistaken for a busy one of the same parameters (nor the other way round)."""
+    from vpetl.data.render import Scene
+
+    captured: list[Scene] = []
+    real_render = synth.render
+
+    def spy(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        captured.append(scene)
+        return real_render(scene, rng)
+
+    try:
+        synth.render = spy  # the scene each call builds, before it is drawn
+        busy = [synth.render_clip("temporal", 0, i, size=64, frames=(8, 10)) for i in range(12)]
+        clean = [synth.render_clip("temporal", 0, i, size=64, frames=(8, 10), scenes="clean") for i in range(12)]
+    finally:
+        synth.render = real_render
+    busy_scenes, clean_scenes = captured[:12], captured[12:]
+    assert all(len(s.tracks) == 1 for s in clean_scenes)  # the main object only
+    assert any(len(s.tracks) > 1 for s in busy_scenes)  # distractors
+    assert max(s.noise for s in clean_scenes) <= 3.0 < max(s.noise for s in busy_scenes)
+    assert not np.array_equal(busy[0], clean[0])
+    with pytest.raises(ValueError, match="unknown scenes"):
+        synth.render_clip("temporal", 0, 0, scenes="spotless")
+
+    out = tmp_path / "demo"
+    kwargs = {"clips_per_class": 2, "seed": 1, "size": 48, "frames": (8, 10)}
+    synth.synthesize("appearance", out, scenes="clean", **kwargs)
+    assert json.loads((out / "dataset.json").read_text())["scenes"] == "clean"
+    with pytest.raises(DatasetError, match="not empty"):  # same parameters, other scenes: not a cache hit
+        synth.synthesize("appearance", out, **kwargs)
+    stamp = (out / "dataset.json").stat().st_mtime_ns
+    assert synth.synthesize("appearance", out, scenes="clean", **kwargs) == out
+    assert (out / "dataset.json").stat().st_mtime_ns == stamp
+    synth.synthesize("appearance", out, overwrite=True, **kwargs)
+    assert json.loads((out / "dataset.json").read_text())["scenes"] == "busy"
