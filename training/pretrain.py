@@ -1,20 +1,22 @@
 """Pretrain the demo backbone: the small ``vpetl-demo`` video ViT, trained fully on the synthetic ``source`` domain.
 
 The real backbones (VideoMAE, Video Swin) are pretrained on Kinetics; the demo needs one that runs on 2 CPU cores,
-so vpetl pretrains its own, end to end in about 4 minutes including data generation (see README, "Demo backbone"):
+so vpetl pretrains its own, end to end in about 4–4.5 minutes including data generation (README, "Demo backbone"):
 
 1. render the ``source`` preset (11 kinds of motion, direction and event order included, of source-only objects;
    ``vpetl.data.synth``) straight into tensors
    (:mod:`training.synth_clips`: the same generator and transforms as the mp4 path, without the codec round trip,
    which would take longer than the training), or decode a given dataset directory;
-2. train every parameter of the backbone plus a temporary Linear head (AdamW, warmup + cosine) with the same loop
-   as the adapters (:func:`training.trainer.fit`), one pass or two over ~16,000 fresh clips;
-3. drop the head and write the backbone as ``.safetensors`` (vpetl's own layout, loadable with
+2. train every parameter of the backbone plus a temporary Linear head and a linear pixel decoder (class loss +
+   per-token reconstruction loss; AdamW, warmup + cosine) with the same loop as the adapters
+   (:func:`training.trainer.fit`), two passes over ~15,300 fresh clips; the conv stem trains with BatchNorm;
+3. fold the stem's BatchNorm into its convolutions, drop the head and the decoder, and write the backbone as
+   ``.safetensors`` (vpetl's own layout, loadable with
    ``create_backbone("vpetl-demo", checkpoint=path)``), with a JSON sidecar holding the metrics.
 
 The file is cached under ``cache_dir`` by a content hash of everything that determines it (this recipe, the seed,
-the synthetic preset's parameters and version, the backbone architecture, or the bytes of a given dataset), so a
-second call with the same inputs returns at once.
+the synthetic preset's parameters and version, the backbone architecture, or the bytes of a given dataset, and
+the torch thread count), so a second call with the same inputs returns at once.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from vpetl.backbones.registry import create_backbone
 from vpetl.data.readers import VideoDataset, open_dataset
 
 PRETRAIN_VERSION = 4  # 3: the 11-class source domain with direction and event order (synth version 3); 4: the
-# conv stem (trained with BatchNorm, folded before saving) and the torch thread count in the cache key
+# conv stem (trained with BatchNorm, folded before saving), the pixel-reconstruction loss, and the torch thread
+# count in the cache key
 BACKBONE = "vpetl-demo"
 
 
@@ -126,7 +129,7 @@ def _runtime(config: PretrainConfig) -> dict[str, Any]:
 
 def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
     """Content hash of the inputs: recipe + seed, synthetic preset parameters (or the given data's bytes),
-    architecture and input spec."""
+    architecture and input spec, device kind and (on CPU) the torch thread count."""
     from vpetl.data.synth import SYNTH_VERSION
 
     payload = {
