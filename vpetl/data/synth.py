@@ -475,20 +475,14 @@ def _split_counts(clips_per_class: int, val_fraction: float) -> int:
     return min(max(int(round(clips_per_class * val_fraction)), 1), clips_per_class - 1)
 
 
-def _manifest_scenes(out: Path, preset: str) -> str | None:
-    """The scene kind a dataset's manifest records (one written before ``scenes`` existed: the preset's own)."""
-    try:
-        return str(json.loads((out / "dataset.json").read_text()).get("scenes", default_scenes(preset)))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _manifest_matches(out: Path, wanted: dict[str, Any]) -> bool:
+def _manifest_matches(out: Path, wanted: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """``out`` holds a complete dataset with every ``wanted`` value; ``defaults`` stands in for keys a manifest
+    written before they existed lacks (``scenes``: the preset's own)."""
     try:
         manifest = json.loads((out / "dataset.json").read_text())
     except (OSError, ValueError):
         return False
-    if any(manifest.get(k) != v for k, v in wanted.items()):
+    if not isinstance(manifest, dict) or any(manifest.get(k, defaults.get(k)) != v for k, v in wanted.items()):
         return False
     return all((out / f"{split}.txt").is_file() for split in ("train", "val"))
 
@@ -538,9 +532,9 @@ def synthesize(
         "val_fraction": val_fraction,
         "frames": list(frames),
         "classes": list(spec.classes),
+        "scenes": scenes or default_scenes(preset),
     }
-    scene_kind = scenes or default_scenes(preset)
-    if _manifest_matches(out, wanted) and _manifest_scenes(out, preset) == scene_kind:
+    if _manifest_matches(out, wanted, {"scenes": default_scenes(preset)}):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"{out} is not empty: choose another directory or pass overwrite (--overwrite)")
@@ -588,7 +582,6 @@ def synthesize(
         **wanted,
         "format": "vpetl-folder/1",
         "generator": "vpetl.data.synth",
-        "scenes": scene_kind,
         "description": spec.description,
         "class_descriptions": dict(zip(spec.classes, spec.class_descriptions, strict=True)),
         "codec": codec,
