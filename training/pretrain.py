@@ -1,7 +1,7 @@
 """Pretrain the demo backbone: the small ``vpetl-demo`` video ViT, trained fully on the synthetic ``source`` domain.
 
 The real backbones (VideoMAE, Video Swin) are pretrained on Kinetics; the demo needs one that runs on 2 CPU cores,
-so vpetl pretrains its own, end to end in about 4–4.5 minutes including data generation (README, "Demo backbone"):
+so vpetl pretrains its own, end to end in under 4 minutes including data generation (README, "Demo backbone"):
 
 1. render the ``source`` preset (11 kinds of motion, direction and event order included, of source-only objects;
    ``vpetl.data.synth``) straight into tensors

@@ -31,6 +31,18 @@ def test_validation_clip_is_the_centred_view_of_the_rendered_clip() -> None:
     assert torch.equal(val.clips[4, 0], torch.from_numpy(expected))
 
 
+def test_training_clip_is_its_augmented_draw_of_the_rendered_clip() -> None:
+    # the frame sampling and crop of vpetl.video with the clip's own augmentation stream, on the whole clip
+    train, _ = render_clip_tensors("source", 3, DEMO_SPEC, seed=2, size=80, frames=(16, 20), val_fraction=0.34,
+                                   workers=1)
+    video = render_clip("source", 3, 1, seed=2, size=80, frames=(16, 20))  # class 3's second training clip
+    rng = np.random.default_rng([2, 7, 3, 1])
+    indices = sample_indices(len(video), DEMO_SPEC.num_frames, sampling=DEMO_SPEC.sampling,
+                             sampling_rate=DEMO_SPEC.sampling_rate, train=True, rng=rng)
+    expected = preprocess(video[indices], DEMO_SPEC, train=True, rng=rng).astype(np.float16)
+    assert torch.equal(train.clips[3 * 2 + 1, 0], torch.from_numpy(expected))
+
+
 def test_same_seed_same_tensors_whatever_the_worker_count() -> None:
     one = render_clip_tensors("source", 2, DEMO_SPEC, seed=1, size=64, frames=(16, 16), workers=1)
     two = render_clip_tensors("source", 2, DEMO_SPEC, seed=1, size=64, frames=(16, 16), workers=2)

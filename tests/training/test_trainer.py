@@ -145,3 +145,25 @@ def test_multi_view_logits_are_averaged_per_video() -> None:
     torch.testing.assert_close(video_logits(model, x, max_rows=2), expected)
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05]])
     assert topk_correct(logits, torch.tensor([1, 2]), (1, 2, 5)) == [1, 1, 2]
+
+
+def test_adamw_is_the_fused_kernel_and_matches_the_loop() -> None:
+    # fused AdamW (one pass over all tensors) on CPU: the same update as torch's per-tensor reference loop
+    from training.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    weights = {"w": torch.nn.Parameter(torch.randn(8, 4)), "b": torch.nn.Parameter(torch.randn(4))}
+    reference = {k: torch.nn.Parameter(v.detach().clone()) for k, v in weights.items()}
+    config = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.05)
+    fused = build_optimizer(weights, config)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW([{"params": [reference["w"]], "weight_decay": 0.05},
+                              {"params": [reference["b"]], "weight_decay": 0.0}], lr=fused.param_groups[0]["lr"],
+                             foreach=False)
+    for _ in range(3):
+        for params, opt in ((weights, fused), (reference, loop)):
+            opt.zero_grad()
+            (params["w"].sum(0) * params["b"]).square().sum().backward()
+            opt.step()
+    for k in weights:
+        torch.testing.assert_close(weights[k], reference[k], rtol=1e-5, atol=1e-6)

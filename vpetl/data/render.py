@@ -50,6 +50,10 @@ SHAPES: dict[str, Callable[[Array, Array], Array]] = {
 }
 #: Shapes whose rotation is visible even as a silhouette (used where rotation direction is the label).
 ASYMMETRIC_SHAPES = ("triangle", "pacman", "ell", "star", "cross", "square")
+#: Shapes with no rotational symmetry. Any other shape looks the same turned by a fraction of a turn (a square by
+#: 90°), so a turn of more than half that between two frames looks like a smaller turn the other way; the
+#: ``gradient`` texture (one-sided shading) gives any shape a single orientation.
+ORIENTED_SHAPES = ("pacman", "ell")
 #: The target tasks' objects (main objects and distractors); the ``source`` domain draws from SOURCE_SHAPES only.
 TARGET_SHAPES = tuple(SHAPES)
 
@@ -91,6 +95,20 @@ class Track:
     opacity: Array
     freq: float = 2.0
 
+    def select(self, frames: Array) -> Track:
+        """The track at the given frame indices only."""
+        return Track(
+            self.shape,
+            self.texture,
+            self.colors,
+            self.cx[frames],
+            self.cy[frames],
+            self.radius[frames],
+            self.angle[frames],
+            self.opacity[frames],
+            self.freq,
+        )
+
     def reversed(self) -> Track:
         """The same motion played backwards (receding from approaching, rising from falling …)."""
         return Track(
@@ -106,12 +124,19 @@ class Track:
         )
 
 
-def draw(frames: Array, track: Track, cam_x: Array, cam_y: Array) -> None:
-    """Composite ``track`` onto ``frames`` (T, S, S, 3) float32 in place, seen from a camera offset per frame."""
+def _reach(track: Track) -> float:
+    return float(np.max(track.radius)) * 1.25 + 2.0  # every shape fits in 1.2 radii (square corners)
+
+
+def draw(frames: Array, track: Track, cam_x: Array, cam_y: Array, reach: float | None = None) -> None:
+    """Composite ``track`` onto ``frames`` (T, S, S, 3) float32 in place, seen from a camera offset per frame.
+
+    ``reach`` (pixels, default: from ``track``'s largest radius) sizes the window drawn around the centre.
+    """
     t, s = frames.shape[0], frames.shape[1]
     cx = track.cx - cam_x  # screen coordinates
     cy = track.cy - cam_y
-    reach = float(np.max(track.radius)) * 1.25 + 2.0  # every shape fits in 1.2 radii (square corners)
+    reach = _reach(track) if reach is None else reach
     win = min(int(np.ceil(2 * reach)), s)
     top = np.clip(np.round(cy - win / 2), 0, s - win).astype(np.intp)
     left = np.clip(np.round(cx - win / 2), 0, s - win).astype(np.intp)
@@ -256,18 +281,26 @@ class Scene:
     flicker: float = 0.03  # per-frame brightness jitter (relative)
 
 
-def render(scene: Scene, rng: np.random.Generator) -> Array:
-    """Render a scene: camera crop of the background, objects in order, lighting flicker, noise → uint8 frames."""
+def render(scene: Scene, rng: np.random.Generator, frames: Array | None = None) -> Array:
+    """Render a scene: camera crop of the background, objects in order, lighting flicker, noise → uint8 frames.
+
+    ``frames`` (indices into the clip's T frames) renders only those, equal to ``render(scene, rng)[frames]``:
+    the camera, flicker and noise are drawn for the whole clip either way. A model that samples 8 of 20 frames
+    needs only those (pretraining renders ~16,000 clips this way).
+    """
     s, t, pad = scene.size, scene.frames, scene.pad
     cam_x, cam_y = camera_path(rng, t, pad)
-    frames = np.stack(
-        [scene.background[y : y + s, x : x + s] for x, y in zip(cam_x, cam_y, strict=True)]
-    )  # (T, S, S, 3)
-    for track in scene.tracks:
-        draw(frames, track, cam_x.astype(np.float32), cam_y.astype(np.float32))
     gain = 255.0 * (1.0 + np.cumsum(rng.normal(0.0, scene.flicker / 4, t)).clip(-scene.flicker, scene.flicker))
-    frames *= gain.astype(np.float32)[:, None, None, None]
     bank = _noise_bank(s)
-    frames += bank[rng.integers(0, len(bank), t)].astype(np.float32) * np.float32(scene.noise / 16.0)
-    np.clip(frames, 0.0, 255.0, out=frames)
-    return (frames + 0.5).astype(np.uint8)
+    noise = rng.integers(0, len(bank), t)
+    keep = np.arange(t) if frames is None else np.asarray(frames, dtype=np.intp)
+    cam_x, cam_y, gain, noise = cam_x[keep], cam_y[keep], gain[keep], noise[keep]
+    video = np.stack(
+        [scene.background[y : y + s, x : x + s] for x, y in zip(cam_x, cam_y, strict=True)]
+    )  # (T_kept, S, S, 3)
+    for track in scene.tracks:
+        draw(video, track.select(keep), cam_x.astype(np.float32), cam_y.astype(np.float32), reach=_reach(track))
+    video *= gain.astype(np.float32)[:, None, None, None]
+    video += bank[noise].astype(np.float32) * np.float32(scene.noise / 16.0)
+    np.clip(video, 0.0, 255.0, out=video)
+    return (video + 0.5).astype(np.uint8)

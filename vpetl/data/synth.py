@@ -10,7 +10,8 @@ Four presets (see :data:`PRESETS` and the README's "Synthetic datasets" section)
 - ``temporal`` (Something-Something-like): 10 classes that differ only in *how* the object moves (left→right vs
   right→left, approaching vs receding, clockwise vs counter-clockwise, appearing vs disappearing, falling vs
   rising); every class draws its appearance from the same distribution, and each class's mirror is the same
-  motion played backwards, so no single frame tells them apart;
+  motion played backwards, so no single frame tells them apart; every object has one orientation (an asymmetric
+  shape, or a one-sided shading), so which way it turns is always in the frames;
 - ``order``: 6 classes = ordered pairs of two time-symmetric events (pulse, blink, hop): "A then B" vs "B then A"
   is the same clip played backwards, so only the relation of the two events in time tells them apart;
 - ``appearance`` (HMDB-like): 8 classes that differ in *what* is seen (object kind, texture, background) while the
@@ -44,6 +45,7 @@ import numpy as np
 from vpetl.data.render import (
     ASYMMETRIC_SHAPES,
     BACKGROUNDS,
+    ORIENTED_SHAPES,
     SOURCE_ASYMMETRIC,
     SOURCE_SHAPES,
     TARGET_SHAPES,
@@ -56,8 +58,9 @@ from vpetl.data.render import (
 )
 from vpetl.errors import DatasetError
 
-SYNTH_VERSION = 3  # bump on any change to what a (preset, seed, index) renders: dataset manifests and the demo
-# backbone's pretraining cache key (training/pretrain.py) include it, so stale caches are rebuilt
+SYNTH_VERSION = 4  # bump on any change to what a (preset, seed, index) renders: dataset manifests and the demo
+# backbone's pretraining cache key (training/pretrain.py) include it, so stale caches are rebuilt (4: every
+# temporal object has one orientation)
 FPS = 15
 DEFAULT_FRAMES = (24, 48)
 
@@ -287,11 +290,12 @@ def _track(
     )
 
 
-def _object_colors(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
-    """Two object colours; the first keeps some contrast with the background's mean colour ``avoid``."""
-    for _ in range(4):
+def _object_colors(rng: np.random.Generator, avoid: np.ndarray, two_tone: bool = False) -> np.ndarray:
+    """Two object colours; the first keeps some contrast with the background's mean colour ``avoid``, and with
+    ``two_tone`` the two differ visibly too (a shading that must show the object's orientation)."""
+    for _ in range(8 if two_tone else 4):
         colors = rng.random((2, 3))
-        if np.abs(colors[0] - avoid).sum() > 0.45:
+        if np.abs(colors[0] - avoid).sum() > 0.45 and (not two_tone or np.abs(colors[1] - colors[0]).sum() > 0.6):
             break
     return colors
 
@@ -361,12 +365,18 @@ def _scene(
     kind, palette = str(rng.choice(nuisance.backgrounds)), None
     texture = str(rng.choice(tuple(TEXTURES)))
     radius = rng.uniform(*nuisance.radius) * size
+    two_tone = False
     if preset == "source":
         motion = PRESETS["source"].classes[label]
         # a turning hexagon or bar can look unturned: spin only shapes whose turn is always visible
         shape = str(rng.choice(SOURCE_ASYMMETRIC if motion == "spinning" else tuple(SOURCE_SHAPES)))
     elif preset in ("temporal", "order"):
         shape, motion = str(rng.choice(ASYMMETRIC_SHAPES + ("diamond",))), PRESETS[preset].classes[label]
+        if preset == "temporal" and shape not in ORIENTED_SHAPES:
+            # a checkered square turning 45° between two sampled frames could be turning either way (many
+            # rotating_* clips could: their label was not in the frames), so a one-sided shading gives every
+            # object one orientation; every class alike, so appearance still tells no class apart
+            texture, two_tone = "gradient", True
     elif preset == "appearance":
         shape, pref_texture, pref_kind, base = _APPEARANCE[PRESETS["appearance"].classes[label]]
         motion = str(rng.choice(("sliding", "spinning", "pulsing", "bouncing", "wandering", "static")))
@@ -383,7 +393,7 @@ def _scene(
     bg_mean = bg.mean(axis=(0, 1))
     # world coordinates include the camera margin: shift the (screen-space) tracks by pad
     tracks = _distractors(rng, size, t, int(rng.integers(0, nuisance.distractors + 1)), bg_mean)
-    main = _track(rng, size, t, shape, texture, _object_colors(rng, bg_mean), motion, radius)
+    main = _track(rng, size, t, shape, texture, _object_colors(rng, bg_mean, two_tone), motion, radius)
     for track in (*tracks, main):
         track.cx += pad
         track.cy += pad
@@ -409,17 +419,21 @@ def render_clip(
     size: int = 128,
     frames: tuple[int, int] = DEFAULT_FRAMES,
     scenes: str | None = None,
+    select: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 RGB of clip ``index`` of class ``label`` (deterministic in all arguments).
 
     ``scenes`` (one of :data:`SCENES`) replaces the preset's own scene kind; the class content is the same draw.
+    ``select(T)`` (given the clip's length T) returns the frame indices to render: the result is then those
+    frames of the same clip, (len(indices), size, size, 3), at a fraction of the cost.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     if scenes is not None and scenes not in _NUISANCE:
         raise ValueError(f"unknown scenes {scenes!r}: choose from {', '.join(SCENES)}")
     rng = np.random.default_rng([seed, _PRESET_IDS[preset], label, index])
-    return render(_scene(preset, label, rng, size, frames, scenes), rng)
+    scene = _scene(preset, label, rng, size, frames, scenes)
+    return render(scene, rng, None if select is None else select(scene.frames))
 
 
 # --------------------------------------------------------------------------------------------------------------

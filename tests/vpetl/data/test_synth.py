@@ -35,6 +35,24 @@ def test_render_clip_is_deterministic() -> None:
         assert a.std() > 10  # not a blank clip
 
 
+@pytest.mark.parametrize("scenes", [None, "clean", "busy"])
+def test_render_clip_select_equals_those_frames_of_the_whole_clip(scenes: str | None) -> None:
+    # pretraining renders only the sampled frames: they must be the pixels of the whole clip's frames, for busy
+    # scenes (distractors, clutter, camera pans) as for clean ones
+    for preset in synth.PRESETS:
+        for label in range(3):
+            whole = synth.render_clip(preset, label, 2, seed=4, size=48, frames=(9, 15), scenes=scenes)
+            asked: list[int] = []
+
+            def pick(length: int, asked: list[int] = asked) -> np.ndarray:
+                asked.append(length)
+                return np.array([length - 1, 0, 3, 3])  # any order, repeats allowed
+
+            part = synth.render_clip(preset, label, 2, seed=4, size=48, frames=(9, 15), scenes=scenes, select=pick)
+            assert asked == [len(whole)]
+            assert np.array_equal(part, whole[[len(whole) - 1, 0, 3, 3]])
+
+
 @pytest.mark.parametrize(
     ("motion", "check"),
     [
@@ -113,6 +131,29 @@ def test_source_objects_never_appear_in_target_clips() -> None:
                 rng = np.random.default_rng([0, synth._PRESET_IDS[preset], label, index])
                 shapes = {track.shape for track in synth._scene(preset, label, rng, 64, (12, 12)).tracks}
                 assert shapes <= set(SOURCE_SHAPES if preset == "source" else TARGET_SHAPES), (preset, shapes)
+
+
+def test_every_temporal_object_shows_which_way_it_is_turned() -> None:
+    """No temporal object looks the same after a symmetric shape's turn (¼, ⅓, ⅕, ½ of a full turn): otherwise a
+    turn of more than half that between two sampled frames reads as a turn the other way, and clockwise /
+    counter-clockwise clips carry no label in their frames. Drawn with the real renderer, the object at its
+    angle vs turned."""
+    from vpetl.data.render import Track, draw
+
+    for label in range(len(synth.PRESETS["temporal"].classes)):
+        for index in range(12):
+            rng = np.random.default_rng([0, synth._PRESET_IDS["temporal"], label, index])
+            main = synth._scene("temporal", label, rng, 64, (12, 12), "clean").tracks[-1]
+            for turn in (np.pi / 2, 2 * np.pi / 3, 2 * np.pi / 5, np.pi):
+                frames = np.full((2, 64, 64, 3), -1.0, np.float32)  # colours are ≥ 0: -1 marks "no object"
+                angle = np.array([0.3, 0.3 + turn], np.float32)
+                still = np.full(2, 32.0, np.float32)
+                track = Track(main.shape, main.texture, main.colors, still, still, np.full(2, 20.0, np.float32),
+                              angle, np.ones(2, np.float32), main.freq)
+                draw(frames, track, np.zeros(2, np.float32), np.zeros(2, np.float32))
+                on = (frames >= 0).all(-1).any(0)  # (64, 64) pixels the object covers at either angle
+                change = np.abs(frames[0] - frames[1]).sum(-1)[on]  # colour change per covered pixel
+                assert change.mean() > 0.1, (label, index, main.shape, main.texture, turn, change.mean())
 
 
 def _decode_all(path: Path) -> np.ndarray:
@@ -203,9 +244,9 @@ def test_clean_scenes_drop_the_clutter_and_are_their_own_dataset(tmp_path: Path)
     captured: list[Scene] = []
     real_render = synth.render
 
-    def spy(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    def spy(scene: Scene, rng: np.random.Generator, frames: np.ndarray | None = None) -> np.ndarray:
         captured.append(scene)
-        return real_render(scene, rng)
+        return real_render(scene, rng, frames)
 
     try:
         synth.render = spy  # the scene each call builds, before it is drawn
