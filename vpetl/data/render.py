@@ -95,8 +95,8 @@ class Track:
     opacity: Array
     freq: float = 2.0
 
-    def select(self, frames: Array) -> Track:
-        """The track at the given frame indices only."""
+    def select(self, frames: Array | slice) -> Track:
+        """The track at the given frame indices (or slice) only."""
         return Track(
             self.shape,
             self.texture,
@@ -111,17 +111,7 @@ class Track:
 
     def reversed(self) -> Track:
         """The same motion played backwards (receding from approaching, rising from falling …)."""
-        return Track(
-            self.shape,
-            self.texture,
-            self.colors,
-            self.cx[::-1],
-            self.cy[::-1],
-            self.radius[::-1],
-            self.angle[::-1],
-            self.opacity[::-1],
-            self.freq,
-        )
+        return self.select(slice(None, None, -1))
 
 
 def _reach(track: Track) -> float:
