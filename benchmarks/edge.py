@@ -255,7 +255,7 @@ def agreement_on_demo_tasks(data_dir: Path, workdir: Path) -> dict[str, Any]:
     """int8 and merged graphs vs fp32 on the demo tasks' validation clips (the pretrained demo backbone and the
     BAPAT adapters `vpetl up` trains, same recipe; cached under ``data_dir`` like `vpetl up`)."""
     from server.cli.common import resolve_checkpoint
-    from server.cli.up import DEMO_CLIPS_PER_CLASS, DEMO_EPOCHS, DEMO_TASKS, _demo_adapter
+    from server.cli.up import DEMO_EPOCHS, DEMO_TASKS, _demo_adapter
     from vpetl.data.readers import open_dataset
     from vpetl.errors import UnknownTask
     from vpetl.formats.onnx_quant import agreement
@@ -277,8 +277,8 @@ def agreement_on_demo_tasks(data_dir: Path, workdir: Path) -> dict[str, Any]:
     backbone = create_backbone("vpetl-demo", checkpoint=resolve_checkpoint("vpetl-demo", None, data_dir))
     store = Store()
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - the training progress lines
-    for task, preset in DEMO_TASKS.items():
-        _demo_adapter(backbone, store, task, preset, data_dir, clips_per_class=DEMO_CLIPS_PER_CLASS,
+    for task, (preset, clips_per_class) in DEMO_TASKS.items():
+        _demo_adapter(backbone, store, task, preset, data_dir, clips_per_class=clips_per_class,
                       epochs=DEMO_EPOCHS, out=quiet)  # fmt: skip
     graph = workdir / "demo-agree.onnx"
     export_backbone_onnx(backbone, "bapat", graph, check=False)
@@ -286,7 +286,7 @@ def agreement_on_demo_tasks(data_dir: Path, workdir: Path) -> dict[str, Any]:
     quantize_graph(graph, int8)
     runner = Runner(graph, threads=THREADS)
     out: dict[str, Any] = {}
-    for task, preset in DEMO_TASKS.items():
+    for task, (preset, _) in DEMO_TASKS.items():
         root = data_dir / "demo-data" / preset
         clips = [load_clip(item.path, backbone.input_spec) for item in open_dataset(root, "val")]  # (3, T, H, W)
         feeds = graph_feeds(runner.info, read_adapter(store.data[task]))

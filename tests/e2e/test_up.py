@@ -125,7 +125,7 @@ def test_vpetl_up_first_run_then_restart_from_cache(tmp_path: Path) -> None:
         assert (data_dir / "redis").is_dir()  # the embedded redis-server keeps its data under the data dir
         assert httpx.get(base + "/backbone").json()["sha256"] == sha
         tasks = {t["task"]: t for t in httpx.get(base + "/adapters").json()["adapters"]}
-        assert set(tasks) == {"synthetic-temporal", "synthetic-appearance"}
+        assert set(tasks) == {"synthetic-order", "synthetic-appearance"}
         first_out = log.read_text()
         sample = re.search(r"sample clip: (\S+)", first_out)
         assert sample, first_out[-2000:]  # the README's copy-paste example names a real file
