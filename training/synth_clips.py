@@ -13,6 +13,7 @@ its augmentation draws from ``default_rng([seed, 7, c, i])``. Results do not dep
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 import os
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from vpetl.protocol import InputSpec
 from vpetl.video import preprocess, sample_indices
 
 _AUGMENT_STREAM = 7  # keeps the augmentation generator apart from the renderer's
+# the (N, C, T, H, W) float16 output, in anonymous shared memory, while a pool of forked workers renders into it
+_OUTPUT: np.ndarray | None = None
 
 
 def _render_input(job: tuple[str, int, int, int, int, tuple[int, int], InputSpec, bool]) -> np.ndarray:
@@ -41,6 +44,15 @@ def _render_input(job: tuple[str, int, int, int, int, tuple[int, int], InputSpec
     # cost of all 16–20)
     video = render_clip(preset, label, index, seed=seed, size=size, frames=frames, select=sampled)  # (F, S, S, 3)
     return preprocess(video, spec, train=train, rng=rng).astype(np.float16)
+
+
+def _render_into_output(numbered: tuple[int, tuple[str, int, int, int, int, tuple[int, int], InputSpec, bool]]) -> int:
+    """Worker: render clip ``j`` straight into the shared output (returning ~200 KB per clip through a pipe cost
+    the parent a core's worth of unpickling); returns ``j``."""
+    j, job = numbered
+    assert _OUTPUT is not None
+    _OUTPUT[j] = _render_input(job)
+    return j
 
 
 def render_clip_tensors(
@@ -71,27 +83,37 @@ def render_clip_tensors(
              for label in range(len(classes)) for i in range(n_train, clips_per_class)]
     split = n_train * len(classes)
     labels = torch.tensor([job[1] for job in jobs], dtype=torch.int64)
-    clips = torch.empty((len(jobs), 3, spec.num_frames, spec.size, spec.size), dtype=torch.float16)
+    shape = (len(jobs), 3, spec.num_frames, spec.size, spec.size)
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
-    if workers <= 1:
-        results = map(_render_input, jobs)
-        pool = None
-    else:
-        # fork: children run numpy only and start in milliseconds; imap keeps the job order
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = ctx.Pool(workers)
-        results = pool.imap(_render_input, jobs, chunksize=16)
-    try:
-        for j, clip in enumerate(results):
-            clips[j] = torch.from_numpy(clip)
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        clips = torch.empty(shape, dtype=torch.float16)
+        for j, job in enumerate(jobs):
+            clips[j] = torch.from_numpy(_render_input(job))
             if progress:
                 progress(j + 1, len(jobs))
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    else:
+        clips = _render_shared(jobs, shape, workers, progress)
     names = list(classes)
     clips = clips.unsqueeze(1)  # (N, 1, C, T, H, W): one draw (train) or one view (val) per clip
     train = ClipTensors(clips[:split], labels[:split], names, True, spec)
     val = ClipTensors(clips[split:], labels[split:], names, False, spec)
     return train, val
+
+
+def _render_shared(jobs: list, shape: tuple[int, ...], workers: int,
+                   progress: Callable[[int, int], None] | None) -> torch.Tensor:
+    """Render ``jobs`` in ``workers`` forked processes into one anonymous shared mapping (not /dev/shm, which
+    is 64 MB in a default container), returned as a float16 tensor of ``shape``."""
+    global _OUTPUT
+    buffer = mmap.mmap(-1, int(np.prod(shape)) * 2)  # MAP_SHARED | MAP_ANONYMOUS: forked children write into it
+    output = np.frombuffer(buffer, dtype=np.float16).reshape(shape)  # (N, C, T, H, W)
+    _OUTPUT = output
+    try:
+        # fork: children run numpy only, start in milliseconds and inherit the mapping
+        with mp.get_context("fork").Pool(workers) as pool:
+            for done, _ in enumerate(pool.imap_unordered(_render_into_output, enumerate(jobs), chunksize=16), 1):
+                if progress:
+                    progress(done, len(jobs))
+    finally:
+        _OUTPUT = None
+    return torch.from_numpy(output)  # shares the mapping, which lives as long as the tensor
