@@ -41,7 +41,8 @@ from vpetl.backbones.base import Backbone
 from vpetl.backbones.checkpoint import save_backbone
 from vpetl.backbones.layers import ConvStem3D
 from vpetl.backbones.registry import create_backbone
-from vpetl.data.readers import VideoDataset, open_dataset
+from vpetl.data.readers import VideoDataset, detect_layout, open_dataset
+from vpetl.errors import DatasetError
 
 PRETRAIN_VERSION = 4  # 3: the 11-class source domain with direction and event order (synth version 3); 4: the
 # conv stem (trained with BatchNorm, folded before saving), the pixel-reconstruction loss, and the torch thread
@@ -77,6 +78,10 @@ class PretrainConfig:
     # weight of the tokens' own-pixel reconstruction loss beside the class loss (0: class loss only); it keeps
     # appearance in the features (see _Classifier)
     reconstruction_weight: float = 1.0
+    # "supervised": the class loss on the source classes (+ the reconstruction above); "mae": VideoMAE's masked
+    # reconstruction only (training/mae.py), no labels needed: the class loss and reconstruction_weight are unused
+    objective: str = "supervised"
+    mask_ratio: float = 0.75  # "mae": the share of spatial positions hidden in every time slice (tube masking)
     num_workers: int = 2  # processes for synthesis and decoding
     device: str = "auto"  # cuda when available (bf16 autocast), else cpu
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # architecture changes (tests)
@@ -84,6 +89,14 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["frames"] = list(self.frames)
+        return out
+
+    def key_dict(self) -> dict[str, Any]:
+        """The recipe as the cache key sees it: the masked-video fields only when that objective is chosen, so
+        the supervised recipe keeps the key (and the cached files) it had before they existed."""
+        out = self.to_dict()
+        if self.objective == "supervised":
+            del out["objective"], out["mask_ratio"]
         return out
 
 
@@ -94,13 +107,17 @@ class PretrainResult:
     path: Path
     cached: bool
     backbone_sha256: str
-    val_top1: float
-    val_top5: float
+    val_top1: float | None  # None for the masked-video objective (no classes)
+    val_top5: float | None
     data_time_s: float
     train_time_s: float
     total_time_s: float
     key: str
     config: dict[str, Any]
+    # the masked-video objective: reconstruction loss of the masked tubelets on the held-out clips (fixed masks;
+    # 1.0 is what predicting every tubelet's mean scores), before and after pretraining
+    val_reconstruction_loss: float | None = None
+    initial_val_reconstruction_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -136,7 +153,7 @@ def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
         "version": PRETRAIN_VERSION,
         "backbone": BACKBONE,
         "architecture": _architecture(config),
-        "recipe": config.to_dict(),
+        "recipe": config.key_dict(),
         # the floats a CPU run produces depend on the torch thread count (its reductions split differently), so
         # a file pretrained with 2 threads is not the one a 1-thread run would write: each gets its own key
         "runtime": _runtime(config),
@@ -231,6 +248,20 @@ def _render(config: PretrainConfig, spec: Any, progress: bool) -> tuple:
         )
 
 
+def _splits(root: Path, *, unlabelled: bool) -> tuple[VideoDataset, VideoDataset]:
+    """The train and val splits of a dataset directory. Unlabelled clips (the masked-video objective) may come as
+    one folder of videos in a subfolder, ``root/any_name/*.mp4``, without split files: every 20th clip validates."""
+    if not unlabelled or (root / "train.txt").is_file() or detect_layout(root) != "folder":
+        return open_dataset(root, "train"), open_dataset(root, "val")
+    every = open_dataset(root, "all")
+    if len(every) < 2:
+        raise DatasetError(f"{root}: masked-video pretraining needs at least 2 clips, found {len(every)}")
+    held = set(range(19, len(every), 20)) or {len(every) - 1}
+    val = [item for i, item in enumerate(every.items) if i in held]
+    train = [item for i, item in enumerate(every.items) if i not in held]
+    return dataclasses.replace(every, items=train, split="train"), dataclasses.replace(every, items=val, split="val")
+
+
 def _decode(train: VideoDataset, val: VideoDataset, spec: Any, config: PretrainConfig, progress: bool) -> tuple:
 
     with count_bar(progress) as bar:
@@ -283,6 +314,10 @@ def pretrain_demo(
     if hit is not None:
         return hit
 
+    if config.objective not in ("supervised", "mae"):
+        raise ValueError(f"objective must be 'supervised' or 'mae', got {config.objective!r}")
+    if not 0.0 < config.mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be between 0 and 1 (exclusive), got {config.mask_ratio}")
     cache.mkdir(parents=True, exist_ok=True)
     backbone = create_backbone(BACKBONE, seed=config.seed, freeze=False, **config.backbone_overrides)
     stem = backbone.patch_embed if isinstance(backbone.patch_embed, ConvStem3D) else None
@@ -294,15 +329,11 @@ def pretrain_demo(
     if data is None:
         train_t, val_t = _render(config, spec, progress)
     else:
-        train_set, val_set = open_dataset(Path(data), "train"), open_dataset(Path(data), "val")
+        train_set, val_set = _splits(Path(data), unlabelled=config.objective == "mae")
         train_t, val_t = _decode(train_set, val_set, spec, config, progress)
     data_time = time.perf_counter() - started
 
     backbone.requires_grad_(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = _Classifier(backbone, train_t.num_classes, config.reconstruction_weight)
-    named = dict(model.named_parameters())
     train_config = TrainConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -315,17 +346,23 @@ def pretrain_demo(
         device=config.device,
         eval_every=0,
     )
-    metrics, _ = fit(
-        model,
-        named,
-        train_t,
-        val_t,
-        train_config,
-        spec=spec,
-        log_path=log_path,
-        progress=progress,
-        title="pretrain vpetl-demo",
-    )
+    if config.objective == "mae":
+        from training.mae import MaeConfig, MaskedVideoAutoencoder, fit_mae
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            autoencoder = MaskedVideoAutoencoder(backbone, MaeConfig(mask_ratio=config.mask_ratio))
+        mae = fit_mae(autoencoder, train_t, val_t, train_config, progress=progress, title="pretrain vpetl-demo (mae)")
+        metrics = {"top1": None, "top5": None, "train_time_s": mae["train_time_s"]}
+        reconstruction = {"val_reconstruction_loss": mae["val_loss"],
+                          "initial_val_reconstruction_loss": mae["initial_val_loss"]}
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = _Classifier(backbone, train_t.num_classes, config.reconstruction_weight)
+        metrics, _ = fit(model, dict(model.named_parameters()), train_t, val_t, train_config, spec=spec,
+                         log_path=log_path, progress=progress, title="pretrain vpetl-demo")
+        reconstruction = {}
 
     backbone.to("cpu").eval()
     if stem is not None:
@@ -344,6 +381,7 @@ def pretrain_demo(
         total_time_s=time.perf_counter() - started,
         key=key,
         config=config.to_dict(),
+        **reconstruction,
     )
     info = {k: v for k, v in result.to_dict().items() if k not in ("path", "cached")}
     sidecar.write_text(json.dumps(info, indent=2) + "\n")
