@@ -130,10 +130,10 @@ def _architecture(config: PretrainConfig) -> dict[str, Any]:
     return {"config": dataclasses.asdict(backbone.config), "input_spec": backbone.input_spec.model_dump(mode="json")}
 
 
-def _dataset_digest(root: Path) -> str:
+def _dataset_digest(root: Path, *, unlabelled: bool) -> str:
     digest = hashlib.sha256()
-    for split in ("train", "val"):
-        for item in open_dataset(root, split).items:
+    for split, dataset in zip(("train", "val"), _splits(root, unlabelled=unlabelled), strict=True):
+        for item in dataset.items:
             digest.update(f"{split}|{item.label}|".encode())
             digest.update(hashlib.sha256(Path(item.path).read_bytes()).digest())
     return digest.hexdigest()
@@ -157,7 +157,7 @@ def pretrain_key(config: PretrainConfig, data: str | Path | None = None) -> str:
         # the floats a CPU run produces depend on the torch thread count (its reductions split differently), so
         # a file pretrained with 2 threads is not the one a 1-thread run would write: each gets its own key
         "runtime": _runtime(config),
-        "data": {"dataset_sha256": _dataset_digest(Path(data))}
+        "data": {"dataset_sha256": _dataset_digest(Path(data), unlabelled=config.objective == "mae")}
         if data is not None
         else {
             "preset": "source",

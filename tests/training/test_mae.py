@@ -132,3 +132,22 @@ def test_cli_refuses_an_unknown_objective(tmp_path: Path) -> None:
 def test_a_mask_ratio_that_hides_nothing_or_everything_is_refused(tmp_path: Path, ratio: float) -> None:
     with pytest.raises(ValueError, match="mask_ratio"):
         pretrain_demo(PretrainConfig(objective="mae", mask_ratio=ratio, backbone_overrides=TINY), tmp_path)
+
+
+def test_cli_pretrains_on_a_folder_of_unlabelled_clips(tmp_path: Path) -> None:
+    """`vpetl pretrain --objective mae --data DIR` as a user with their own clips runs it (full-size demo ViT,
+    a few clips, one epoch)."""
+    import json
+
+    folder = tmp_path / "mine" / "clips"
+    folder.mkdir(parents=True)
+    for i in range(20):
+        write_mp4(folder / f"c{i:02d}.mp4", render_clip("source", i % 3, i, size=80, frames=(16, 20)))
+    out = tmp_path / "mine.safetensors"
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--objective", "mae", "--data",
+                                      str(tmp_path / "mine"), "--epochs", "1", "--data-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["val_top1"] is None and payload["val_reconstruction_loss"] > 0
+    assert payload["config"]["objective"] == "mae" and out.is_file()
+    assert create_backbone("vpetl-demo", checkpoint=out).sha256() == payload["backbone_sha256"]
