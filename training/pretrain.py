@@ -14,6 +14,9 @@ so vpetl pretrains its own, end to end in under 4 minutes including data generat
    ``.safetensors`` (vpetl's own layout, loadable with
    ``create_backbone("vpetl-demo", checkpoint=path)``), with a JSON sidecar holding the metrics.
 
+``PretrainConfig(objective="mae")`` (``vpetl pretrain --objective mae``) replaces step 2's losses by VideoMAE's
+masked-video reconstruction (:mod:`training.mae`), which needs no labels.
+
 The file is cached under ``cache_dir`` by a content hash of everything that determines it (this recipe, the seed,
 the synthetic preset's parameters and version, the backbone architecture, or the bytes of a given dataset, and
 the torch thread count), so a second call with the same inputs returns at once.
