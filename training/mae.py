@@ -15,7 +15,6 @@ stem runs; with a linear patchify that changes nothing.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +24,7 @@ from torch import nn
 
 from training.clips import ClipTensors
 from training.pretrain import tubelets
-from training.progress import ProgressEvent, TrainDisplay
-from training.schedule import WarmupCosine
-from training.trainer import TrainConfig, build_optimizer, resolve_device
+from training.trainer import TrainConfig, fit, resolve_device
 from vpetl.backbones.hooks import BlockContext
 from vpetl.backbones.layers import ViTBlock, init_weights_vit, sincos_position_table
 from vpetl.backbones.video_vit import VideoViT
@@ -145,46 +142,24 @@ def _val_loss(model: MaskedVideoAutoencoder, val: ClipTensors, config: TrainConf
 
 def fit_mae(model: MaskedVideoAutoencoder, train: ClipTensors, val: ClipTensors, config: TrainConfig, *,
             progress: bool = True, title: str = "pretrain (masked video)") -> dict[str, Any]:
-    """Train every parameter of ``model`` on masked reconstruction (AdamW, warmup + cosine, as :func:`fit`).
+    """Train every parameter of ``model`` on masked reconstruction with :func:`training.trainer.fit`'s loop
+    (AdamW, warmup + cosine), a fresh tube mask per clip and step.
 
     Returns metrics: ``val_loss`` (masked reconstruction loss on ``val`` with fixed masks; 1.0 is what predicting
     each tubelet's mean would score), ``initial_val_loss`` (the same before training), ``train_loss`` (last epoch's
     mean), ``steps``, ``train_time_s``.
     """
     device = resolve_device(config.device)
-    model.to(device).train()
+    model.to(device)
     ratio = model.config.mask_ratio
-    named = dict(model.named_parameters())
-    optimizer = build_optimizer(named, config)
-    steps_per_epoch = train.num_batches(config.batch_size, drop_last=True)
-    total_steps = steps_per_epoch * config.epochs
-    schedule = WarmupCosine(optimizer, total_steps, config.peak_lr(), round(config.warmup_epochs * steps_per_epoch))
     generator = torch.Generator().manual_seed(config.seed)
+
+    def masked_loss(x: Tensor, _labels: Tensor) -> Tensor:
+        hidden = tube_mask(x.shape[0], model.backbone.grid(*x.shape[2:]), ratio, generator).to(x.device)
+        return model(x, hidden)
+
     initial = _val_loss(model, val, config, ratio, device)
-    display = TrainDisplay(title, config.epochs, total_steps, enabled=progress)
-    step, started, train_loss = 0, time.perf_counter(), float("nan")
-    with display:
-        for epoch in range(config.epochs):
-            loss_sum, seen = 0.0, 0
-            for x, _ in train.batches(config.batch_size, epoch=epoch, seed=config.seed, drop_last=True):
-                x = x.to(device)  # (B, C, T, H, W)
-                hidden = tube_mask(x.shape[0], model.backbone.grid(*x.shape[2:]), ratio, generator).to(device)
-                loss = model(x, hidden)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
-                lr = schedule.set(step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                value = loss.item()
-                loss_sum, seen = loss_sum + value * x.shape[0], seen + x.shape[0]
-                elapsed = time.perf_counter() - started
-                display.update(ProgressEvent(kind="step", epoch=epoch + 1, epochs=config.epochs, step=step,
-                                             total_steps=total_steps, loss=value, lr=lr,
-                                             clips_per_s=step * config.batch_size / max(elapsed, 1e-9),
-                                             elapsed_s=elapsed, eta_s=elapsed / step * (total_steps - step)))
-            train_loss = loss_sum / max(seen, 1)
-    train_time = time.perf_counter() - started
+    metrics, _ = fit(model, dict(model.named_parameters()), train, None, config, spec=train.spec, progress=progress,
+                     title=title, objective=masked_loss)
     return {"val_loss": _val_loss(model, val, config, ratio, device), "initial_val_loss": initial,
-            "train_loss": train_loss, "steps": float(step), "train_time_s": train_time}
+            "train_loss": metrics["train_loss"], "steps": metrics["steps"], "train_time_s": metrics["train_time_s"]}

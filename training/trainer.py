@@ -211,8 +211,12 @@ def fit(
     progress: bool = True,
     callback: Callable[[ProgressEvent], None] | None = None,
     title: str = "train",
+    objective: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The training loop shared by adapters and the demo-backbone pretraining.
+
+    ``objective(x, y)`` is one batch's loss (default: cross-entropy of ``model(x)`` against ``y``, with the
+    config's label smoothing); the masked-video pretraining passes its reconstruction loss (and no ``val``).
 
     Returns ``(metrics, history)``: final metrics (val_top1, val_top5, val_loss, train_loss, epochs, steps,
     train_time_s, clips_per_s, peak_lr) and one dict per epoch.
@@ -258,8 +262,10 @@ def fit(
                     group = min(config.accumulate, micro_per_epoch - (i // config.accumulate) * config.accumulate)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with autocast(device, amp):
-                        logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                        if objective is not None:
+                            loss = objective(x, y).float()
+                        else:
+                            loss = F.cross_entropy(model(x).float(), y, label_smoothing=config.label_smoothing)
                     auxiliary = getattr(model, "pop_auxiliary_loss", None)  # the pretraining's reconstruction
                     if auxiliary is not None:
                         loss = loss + auxiliary()
