@@ -85,7 +85,7 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["pretrain"] = self.pretrain.to_dict()
+        out["pretrain"] = self.pretrain.key_dict()  # as the backbone's cache key sees it (and the fingerprint)
         return out
 
 

@@ -61,13 +61,18 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dic
 
 def paired(records: Iterable[Mapping[str, Any]], a: str, b: str, task: str) -> Interval | None:
     """Top-1 of row ``a`` minus row ``b`` on ``task`` (points), paired by seed (same data, same seed), with the
-    95% Student-t interval over seeds; None when no seed has both."""
+    95% Student-t interval over seeds, never narrower than ± one validation clip (``val_clips``, where the records
+    have it); None when no seed has both."""
     by_seed: dict[str, dict[int, float]] = {a: {}, b: {}}
+    clips: set[int] = set()
     for r in records:
         if str(r["task"]) == task and str(r["row"]) in by_seed:
             by_seed[str(r["row"])][int(r["seed"])] = 100.0 * float(r["top1"])
+            if r.get("val_clips") not in (None, ""):
+                clips.add(int(float(r["val_clips"])))
     seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-    return mean_interval([by_seed[a][s] - by_seed[b][s] for s in seeds]) if seeds else None
+    step = 100.0 / min(clips) if clips else 0.0  # top-1 points per validation clip
+    return mean_interval([by_seed[a][s] - by_seed[b][s] for s in seeds], resolution=step) if seeds else None
 
 
 def claim_rows(records: list[Mapping[str, Any]], claims: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -177,7 +182,8 @@ def write_markdown(
             "## Claims (paired by seed)",
             "",
             "Difference a − b in top-1 points, mean over the seeds both rows ran, with the 95% Student-t "
-            "interval of the paired differences (t over seeds, not a bootstrap over clips). "
+            "interval of the paired differences (t over seeds, not a bootstrap over clips), never narrower than ± "
+            "one validation clip (seeds that agree to the clip say nothing about the next). "
             "**holds**: the interval is above 0; **reversed**: below 0; otherwise (or with fewer than 3 seeds) "
             "not resolved.",
             "",

@@ -56,8 +56,10 @@ class Interval:
         return self.mean + self.half
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
-    """Mean ± t_{(1+level)/2, n−1} · s / √n over the values (s: the sample standard deviation)."""
+def mean_interval(values: Sequence[float], level: float = 0.95, resolution: float = 0.0) -> Interval:
+    """Mean ± t_{(1+level)/2, n−1} · s / √n over the values (s: the sample standard deviation), the half-width at
+    least ``resolution``: the step the values move in (one validation clip of top-1). Seeds that agree to the
+    clip give s = 0, and a zero-width interval from them says nothing about the next seed."""
     n = len(values)
     if n == 0:
         raise ValueError("mean_interval needs at least one value")
@@ -65,7 +67,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     if n < 2:
         return Interval(mean, float("nan"), n)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Interval(mean, t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n), n)
+    return Interval(mean, max(t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n), resolution), n)
 
 
 def verdict(diff: Interval, min_n: int = 3) -> str:
@@ -77,8 +79,9 @@ def verdict(diff: Interval, min_n: int = 3) -> str:
     """
     if diff.n < max(min_n, 2) or math.isnan(diff.half):
         return "not resolved at this budget"
-    if diff.low > 0:
+    tolerance = 1e-9 * max(1.0, abs(diff.mean))  # a difference of exactly one step is not above it by rounding
+    if diff.low > tolerance:
         return "holds"
-    if diff.high < 0:
+    if diff.high < -tolerance:
         return "reversed"
     return "not resolved at this budget"

@@ -88,3 +88,10 @@ def test_smoke_experiment_writes_csv_markdown_and_plot(tmp_path: Path, monkeypat
     assert again["runs"] == summary["runs"]
     with (out / "results.csv").open() as fh:
         assert list(csv.DictReader(fh)) == rows
+
+
+def test_the_fingerprint_sees_the_pretraining_recipe_as_its_cache_key_does() -> None:
+    """Adding the masked-video fields to PretrainConfig must not orphan the rows of a supervised experiment: the
+    preset's pretrain recipe is recorded (and fingerprinted) as the cache key sees it."""
+    recorded = PRESETS["standard"].to_dict()["pretrain"]
+    assert recorded == PRESETS["standard"].pretrain.key_dict() and "objective" not in recorded

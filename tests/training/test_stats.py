@@ -62,3 +62,18 @@ def test_paired_differences_follow_the_seed() -> None:
     assert paired(records, "a", "b", "u") is None
     (line,) = claim_rows(records, [("a beats b", "a", "b", ("t", "missing"))])
     assert line["task"] == "t" and line["verdict"] == verdict(expected)
+
+
+def test_an_interval_is_never_narrower_than_one_validation_clip() -> None:
+    """The standard run's AdaptMLP − linear on `order`: +1 clip of 402 on every seed gave [+0.25, +0.25] and
+    "holds"; top-1 moves in steps of one clip, so the interval is at least ± that step."""
+    step = 100 / 402
+    assert mean_interval([step] * 3, resolution=step).half == pytest.approx(step)
+    assert verdict(mean_interval([step] * 3, resolution=step)) == "not resolved at this budget"
+    assert verdict(mean_interval([5.0] * 3, resolution=step)) == "holds"  # seeds that agree far above a step
+    wide = mean_interval([1.0, 2.0, 6.0], resolution=step)
+    assert wide.half == pytest.approx(mean_interval([1.0, 2.0, 6.0]).half)  # a wider t-interval is kept
+    records = [{"task": "order", "row": r, "seed": s, "top1": top1, "val_clips": 402}
+               for s in range(3) for r, top1 in (("a", 0.5 + 1 / 402), ("b", 0.5))]
+    diff = paired(records, "a", "b", "order")
+    assert diff is not None and diff.half == pytest.approx(step) and verdict(diff) != "holds"
