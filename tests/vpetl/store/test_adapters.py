@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +239,18 @@ def _fake_reply(request: _ops.Request) -> object:
     return {b"t1"} if request.args[0] == "SMEMBERS" else 1
 
 
+# One atomic look at the raw keys (the test's own script, not the store's): the pointer, whether the versions hash
+# has its record, and whether the blobs hash has that record's bytes. Three separate reads would race retention:
+# ten publishes between reading the pointer and its record prune that record legitimately.
+_SNAPSHOT = """
+local pointer = redis.call('HGET', KEYS[1], 'current')
+if not pointer then return {} end
+local record = redis.call('HGET', KEYS[2], pointer)
+if not record then return {pointer, 0, 0} end
+return {pointer, 1, redis.call('HEXISTS', KEYS[3], cjson.decode(record)['sha256'])}
+"""
+
+
 def test_reader_never_sees_a_pointer_without_record_or_blob(store: AdapterStore, redis_url: str) -> None:
     """A reader polling the raw keys during 50 publishes always finds the record and blob the pointer names."""
     stop = threading.Event()
@@ -249,15 +260,16 @@ def test_reader_never_sees_a_pointer_without_record_or_blob(store: AdapterStore,
     def reader() -> None:
         client = redis_client(redis_url)
         reader_store = AdapterStore(client)
+        keys = (k.task_key("busy"), k.versions_key("busy"), k.blobs_key("busy"))
         try:
             while not stop.is_set():
-                pointer = client.hget(k.task_key("busy"), "current")
-                if pointer is not None:
-                    record = client.hget(k.versions_key("busy"), pointer)
-                    if record is None:
+                snapshot = client.eval(_SNAPSHOT, len(keys), *keys)
+                if snapshot:
+                    pointer, has_record, has_blob = snapshot
+                    if not has_record:
                         problems.append(f"pointer {pointer!r} without record")
                         continue
-                    if client.hget(k.blobs_key("busy"), json.loads(record)["sha256"]) is None:
+                    if not has_blob:
                         problems.append(f"pointer {pointer!r} without blob")
                     seen.add(int(pointer))
                     rec, data = reader_store.get_bytes("busy")
