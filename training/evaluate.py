@@ -40,9 +40,12 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 def autocast(device: torch.device, amp: str | None):  # noqa: ANN201 - a context manager
-    """bf16 / fp16 autocast on CUDA; a no-op on CPU (fp32 there: CPU autocast is slower and less exact)."""
-    if device.type != "cuda" or amp in (None, "none", "fp32"):
+    """bf16 / fp16 autocast on CUDA, bf16 on CPU when asked for (:func:`training.trainer.resolve_amp`); else a
+    no-op (fp32)."""
+    if amp in (None, "none", "fp32") or device.type not in ("cuda", "cpu"):
         return nullcontext()
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
@@ -87,7 +90,7 @@ def evaluate(
             with autocast(device, amp):
                 logits = video_logits(model, x, sample_dims=sample_dims, max_rows=max_rows)
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            c1, c5 = topk_correct(logits, y)
+            c1, c5 = topk_correct(logits.float(), y)  # bf16 logits tie more often
             correct1, correct5, n = correct1 + c1, correct5 + c5, n + int(y.shape[0])
     finally:
         model.train(was_training)

@@ -35,7 +35,15 @@ from training.clips import ClipTensors, load_clip_tensors
 from training.pretrain import PretrainConfig, ensure_demo_backbone
 from training.progress import count_bar
 from training.report import CSV_FIELDS, write_markdown, write_plot
-from training.trainer import TrainConfig, check_datasets, fit, train_adapter
+from training.trainer import (
+    TrainConfig,
+    check_datasets,
+    fit,
+    prefer_native_bf16,
+    resolve_amp,
+    resolve_device,
+    train_adapter,
+)
 from vpetl.backbones.base import Backbone
 from vpetl.backbones.registry import create_backbone
 from vpetl.data.readers import open_dataset
@@ -82,6 +90,9 @@ class Preset:
     claims: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # TrainConfig.amp of every run; "auto": bf16 autocast on a CPU with native bf16, as the pretraining (the
+    # resolved value and the torch thread count enter the fingerprint and experiment.json)
+    amp: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -269,7 +280,8 @@ def run_one(backbone: Backbone, task: str, row: Row, seed: int, data: TaskData, 
     """Train one row on one task with one seed; return its CSV record."""
     started = time.perf_counter()
     config = TrainConfig(
-        epochs=preset.epochs, batch_size=preset.batch_size, seed=seed, eval_every=0, eval_views=preset.eval_views
+        epochs=preset.epochs, batch_size=preset.batch_size, seed=seed, eval_every=0, eval_views=preset.eval_views,
+        amp=prefer_native_bf16(preset.amp),
     )
     method_config = make_config(row.method, **row.options)
     if row.method == "linear":
@@ -352,7 +364,11 @@ def run_experiment(
     prep_time = time.perf_counter() - started
 
     runs = plan_runs(preset, seeds)
-    fingerprint = _digest({"preset": preset.to_dict(), "seeds": seeds, "backbone": backbone.sha256()})
+    # the floats of every run depend on the autocast and the thread count, as the backbone's do
+    runtime = {"amp": resolve_amp(prefer_native_bf16(preset.amp), resolve_device("auto")),
+               "torch_threads": torch.get_num_threads()}
+    fingerprint = _digest({"preset": preset.to_dict(), "seeds": seeds, "backbone": backbone.sha256(),
+                           "runtime": runtime})
     csv_path, stamp = out / "results.csv", out / "experiment.json"
     done = _load_done(csv_path, stamp, fingerprint)
     finished = {(r["task"], r["row"], int(r["seed"])) for r in done}
@@ -363,6 +379,7 @@ def run_experiment(
                 "preset": preset.to_dict(),
                 "seeds": seeds,
                 "backbone_sha256": backbone.sha256(),
+                "runtime": runtime,
                 "pretrain": pretrain_info,
             },
             indent=2,
@@ -395,6 +412,7 @@ def run_experiment(
         "prep_time_s": round(prep_time, 1),
         "mean_run_time_s": {m: round(sum(v) / len(v), 2) for m, v in sorted(per_method.items())},
         "backbone_sha256": backbone.sha256(),
+        "runtime": runtime,
         "pretrain": {k: pretrain_info.get(k) for k in ("val_top1", "val_top5", "total_time_s")},
     }
     summary["markdown"] = str(write_markdown(records, out / "results.md", preset=preset.to_dict(), summary=summary))

@@ -115,7 +115,7 @@ class MaskedVideoAutoencoder(nn.Module):
         """Mean squared error over the masked tubelets' normalised pixels (a scalar)."""
         b, n = hidden.shape
         encoded = self.decoder_embed(self.encode_visible(x, hidden))  # (B, N_visible, D)
-        full = self.mask_token.expand(b, n, -1).clone()  # (B, N, D)
+        full = self.mask_token.expand(b, n, -1).to(encoded.dtype).clone()  # (B, N, D); bf16 under autocast
         full[~hidden] = encoded.reshape(-1, encoded.shape[-1])
         full = full + sincos_position_table(n, full.shape[-1]).to(full.device, full.dtype)
         grid = self.backbone.grid(*x.shape[2:])

@@ -69,7 +69,9 @@ class TrainConfig:
     seed: int = 0  # init of adapters + head, data order, augmentation
     num_workers: int = 0  # decoder processes for VideoDataset inputs
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"…
-    amp: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "none"; CPU always fp32
+    # "auto": bf16 on CUDA if supported (else fp16), fp32 on CPU; "bf16": bf16 autocast on CUDA and on CPU too (fast
+    # only where the CPU has bf16 dot products: native_cpu_bf16()); "fp16": CUDA only (fp32 on CPU); "none": fp32
+    amp: str = "auto"
     train_views: int = 0  # >0: decode each training clip this many times (augmented) once, then reuse the tensors
     eval_views: tuple[int, int] = (1, 1)  # (temporal clips, spatial crops) per validation video, logits averaged
     eval_every: int = 1  # validate every N epochs (0: only after the last); the final eval always runs
@@ -168,14 +170,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 autocast runs the demo
+    backbone's training step ~20% faster than fp32 (BENCHMARKS.md, "Demo"); elsewhere it is emulated and slower."""
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
+
+
+def prefer_native_bf16(amp: str, device: str = "auto") -> str:
+    """``amp`` with "auto" turned into "bf16" on a CPU that multiplies bf16 natively: the choice of the demo
+    recipes (pretraining, ``vpetl up``'s adapters, ``vpetl experiment``), whose steps run ~25% (pretraining) and
+    ~10% (adapters) faster there (``benchmarks/pretrain_step.py``). TrainConfig's own "auto" stays fp32 on CPU."""
+    if amp == "auto" and resolve_device(device).type == "cpu" and native_cpu_bf16():
+        return "bf16"
+    return amp
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """"bf16" / "fp16" on CUDA, "none" on CPU (fp32: CPU autocast is slower and changes the numbers)."""
-    if device.type != "cuda" or amp == "none":
+    """The autocast to train with: "bf16" / "fp16" on CUDA; on CPU "bf16" only when asked for ("auto" is fp32
+    there: CPU autocast changes the numbers, and is slower on CPUs without native bf16), else "none"."""
+    if amp not in ("auto", "bf16", "fp16", "none"):
+        raise InvalidRequest(f"amp must be auto, bf16, fp16 or none, got {amp!r}")
+    if amp == "none":
         return "none"
+    if device.type != "cuda":
+        return "bf16" if amp == "bf16" and device.type == "cpu" else "none"
     if amp == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp not in ("bf16", "fp16"):
-        raise InvalidRequest(f"amp must be auto, bf16, fp16 or none, got {amp!r}")
     return amp
 
 

@@ -41,7 +41,7 @@ def _demo_adapter(
     out: Any = console,
 ) -> None:
     """Train and publish one demo task unless the store already has a version for this backbone."""
-    from training.trainer import TrainConfig, train_adapter
+    from training.trainer import TrainConfig, prefer_native_bf16, train_adapter
     from training.worker import record_meta
     from vpetl.data.readers import open_dataset
     from vpetl.data.synth import synthesize
@@ -76,6 +76,7 @@ def _demo_adapter(
         train_views=1,
         eval_views=(1, 1),
         seed=0,
+        amp=prefer_native_bf16("auto"),  # bf16 where the CPU has it, as the demo backbone's pretraining
     )
     result = train_adapter(
         backbone, make_config("bapat", bottleneck=32, mlp_bottleneck=32), train, val, config, task=task,

@@ -95,3 +95,12 @@ def test_reconstruction_loss_is_added_in_training_only() -> None:
     model(x)
     assert float(model.pop_auxiliary_loss()) == 0.0
     assert _Classifier(backbone, 3).decoder is None  # weight 0: the class loss alone
+
+
+def test_the_autocast_is_part_of_the_cache_key() -> None:
+    """A bf16-autocast pretraining writes other floats than an fp32 one: each gets its own cached file."""
+    from training.pretrain import PretrainConfig, pretrain_key
+
+    keys = {amp: pretrain_key(PretrainConfig(amp=amp, device="cpu")) for amp in ("none", "bf16")}
+    assert keys["none"] != keys["bf16"]
+    assert pretrain_key(PretrainConfig(amp="none", device="cpu")) == keys["none"]

@@ -167,3 +167,37 @@ def test_adamw_is_the_fused_kernel_and_matches_the_loop() -> None:
             opt.step()
     for k in weights:
         torch.testing.assert_close(weights[k], reference[k], rtol=1e-5, atol=1e-6)
+
+
+def test_amp_resolution_on_cpu_is_fp32_unless_bf16_is_asked_for() -> None:
+    from training.trainer import resolve_amp
+    from vpetl.errors import InvalidRequest
+
+    cpu = torch.device("cpu")
+    assert [resolve_amp(a, cpu) for a in ("auto", "bf16", "fp16", "none")] == ["none", "bf16", "none", "none"]
+    with pytest.raises(InvalidRequest, match="amp must be"):
+        resolve_amp("fp8", cpu)
+
+
+def test_bf16_on_cpu_runs_the_matmuls_in_bf16_keeps_fp32_weights_and_tracks_fp32(backbone) -> None:  # noqa: ANN001
+    """amp="bf16" on CPU autocasts the forward (a Linear inside the backbone returns bf16) while the trained
+    parameters stay fp32; the loss curve follows the fp32 run's to bf16 precision."""
+    data = _random_clips(8, backbone.input_spec)
+    seen: dict[str, set[torch.dtype]] = {}
+    curves: dict[str, list[float]] = {}
+    for amp in ("none", "bf16"):
+        seen[amp] = set()
+        hook = backbone.blocks[0].mlp.fc1.register_forward_hook(lambda _m, _i, out, a=amp: seen[a].add(out.dtype))
+        events: list[ProgressEvent] = []
+        try:
+            result = train_adapter(backbone, make_config("patt", bottleneck=8), data, None,
+                                   TrainConfig(epochs=3, batch_size=4, optimizer="adamw", lr=3e-3, amp=amp),
+                                   task="t", progress=False, callback=events.append)
+        finally:
+            hook.remove()
+        curves[amp] = [e.loss for e in events if e.kind == "step"]
+        assert all(p.dtype == torch.float32 for p in result.model.trainable_state_dict().values())
+    assert seen == {"none": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert curves["bf16"] != curves["none"]  # it really ran another precision
+    for fp32, bf16 in zip(curves["none"], curves["bf16"], strict=True):
+        assert bf16 == pytest.approx(fp32, rel=0.05)

@@ -27,6 +27,19 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.reshape(*x.shape[:-2], -1)  # (..., N, C)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention, (..., nH, N, hd) ×3 -> (..., nH, N, hd).
+
+    Under CPU bf16 autocast (training on a CPU with native bf16) it runs in fp32: torch's CPU flash-attention
+    kernel is slower in bf16 than in fp32 (its backward ~3× on the demo backbone's step, which is ~6% faster
+    with this; BENCHMARKS.md, "Demo"), while the projections around it keep bf16's faster matmuls.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class QuickGELU(nn.Module):
     """CLIP's activation ``x · sigmoid(1.702 x)`` (OpenAI CLIP ``model.py``; open_clip's ``QuickGELU``): CLIP
     weights were trained with it, and the exact GELU differs by up to 0.02 per activation."""
@@ -97,9 +110,7 @@ class ViTAttention(nn.Module):
             if extra is not None:
                 k = torch.cat([extra[0], k], dim=1)  # (R, n + N, C)
                 v = torch.cat([extra[1], v], dim=1)
-        out = F.scaled_dot_product_attention(
-            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        )  # (R, nH, N, hd)
+        out = attention(split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads))
         out = merge_heads(out)  # (R, N, C)
         y = self.proj(out)
         return block.hook_linear("proj", out, y, ctx) if block.adapters else y
@@ -189,16 +200,33 @@ class ConvStem3D(nn.Module):
         self.proj = nn.Conv3d(chans[-1], dim, kernel_size=rest, stride=rest)
 
     def forward(self, x: Tensor) -> Tensor:
+        # The (1, 3, 3) convolutions see one frame at a time, so they run as 2-D convolutions over B·T frames in
+        # channels-last layout, and the tubelet projection (kernel = stride) as one Linear over gathered tubelets:
+        # the same maps as Conv3d, measured 10% faster per demo pretraining step on 2 CPU cores (mkldnn's Conv3d
+        # backward dominated the step; BENCHMARKS.md, "Demo"). Parameters keep the Conv3d shapes, so checkpoints
+        # and ONNX exports are unchanged.
+        b, c, t, h, w = x.shape
+        # (B, C, T, H, W) -> (B·T, C, H, W) with channels-last strides (one copy)
+        y = x.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
         for i, conv in enumerate(self.stem):
-            x = conv(x)  # (B, C_i, T, H / 2^(i+1), W / 2^(i+1))
+            y = F.conv2d(y, conv.weight[:, :, 0], conv.bias, stride=2, padding=1)  # (B·T, C_i, H/2^(i+1), W/2^(i+1))
             if self.norms is not None:
-                x = self.norms[i](x)
-            x = F.relu(x)
-        return self.proj(x)  # (B, C, T', H', W')
+                y = self.norms[i](y)
+            y = F.relu(y)
+        pt, ph, pw = self.proj.kernel_size
+        _, width, hs, ws = y.shape
+        t2, h2, w2 = t // pt, hs // ph, ws // pw
+        y = y.permute(0, 2, 3, 1)  # (B·T, H_s, W_s, C_s), a free view of the channels-last tensor
+        y = y.reshape(b, t2, pt, h2, ph, w2, pw, width)  # split every axis into (tubelet index, offset)
+        y = y.permute(0, 1, 3, 5, 7, 2, 4, 6)  # (B, T', H', W', C_s, pt, ph, pw): the Conv3d weight's order
+        y = y.reshape(b, t2, h2, w2, width * pt * ph * pw)  # (B, T', H', W', C_s·pt·ph·pw)
+        out = F.linear(y, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)  # (B, T', H', W', C)
+        return out.permute(0, 4, 1, 2, 3)  # (B, C, T', H', W')
 
     def add_batch_norm(self) -> None:
-        """Insert a (fresh) BatchNorm after every stem convolution, for training from scratch."""
-        self.norms = nn.ModuleList(nn.BatchNorm3d(conv.out_channels) for conv in self.stem)
+        """Insert a (fresh) BatchNorm after every stem convolution, for training from scratch (2-D: the stem runs
+        frame by frame, and statistics over B·T frames are BatchNorm3d's over (B, T))."""
+        self.norms = nn.ModuleList(nn.BatchNorm2d(conv.out_channels) for conv in self.stem)
         self.norms.to(self.proj.weight.device)
 
     @torch.no_grad()
