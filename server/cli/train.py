@@ -163,6 +163,8 @@ def pretrain(
         help="weight of the tokens' own-pixel reconstruction loss beside the class loss (default 1; 0: class loss "
         "only, which discards appearance)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    amp: str = typer.Option("auto", "--amp", help="auto (bf16 autocast on CUDA and on CPUs with native bf16, else "
+                            "fp32) | bf16 | none (fp32: the same floats on every CPU at a given thread count)"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON, no progress bar"),
 ) -> None:
@@ -180,7 +182,10 @@ def pretrain(
                                      ("mask_ratio", mask_ratio)) if v is not None}
         if objective not in ("supervised", "mae"):
             raise InvalidRequest(f"--objective must be 'supervised' or 'mae', got {objective!r}")
-        config = PretrainConfig(seed=seed, device=device, objective=objective, **changes)  # type: ignore[arg-type]
+        if amp not in ("auto", "bf16", "none"):
+            raise InvalidRequest(f"--amp must be auto, bf16 or none, got {amp!r}")
+        config = PretrainConfig(seed=seed, device=device, objective=objective, amp=amp,
+                                **changes)  # type: ignore[arg-type]
         result = pretrain_demo(config, cache, data=data, progress=not as_json)
     except VpetlError as e:
         fail(e)

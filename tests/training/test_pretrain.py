@@ -104,3 +104,14 @@ def test_the_autocast_is_part_of_the_cache_key() -> None:
     keys = {amp: pretrain_key(PretrainConfig(amp=amp, device="cpu")) for amp in ("none", "bf16")}
     assert keys["none"] != keys["bf16"]
     assert pretrain_key(PretrainConfig(amp="none", device="cpu")) == keys["none"]
+
+
+def test_cli_refuses_an_unknown_amp(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from server.cli import app
+
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "b.safetensors"), "--amp", "fp16",
+                                      "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "--amp must be auto, bf16 or none" in result.output
+    assert not (tmp_path / "backbones").exists() or not any((tmp_path / "backbones").iterdir())

@@ -201,3 +201,15 @@ def test_bf16_on_cpu_runs_the_matmuls_in_bf16_keeps_fp32_weights_and_tracks_fp32
     assert curves["bf16"] != curves["none"]  # it really ran another precision
     for fp32, bf16 in zip(curves["none"], curves["bf16"], strict=True):
         assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_demo_recipes_ask_for_bf16_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch,
+                                                                  native: bool) -> None:
+    import training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "native_cpu_bf16", lambda: native)
+    assert trainer.prefer_native_bf16("auto", "cpu") == ("bf16" if native else "auto")
+    assert trainer.prefer_native_bf16("none", "cpu") == "none"  # an explicit choice is kept
+    assert trainer.resolve_amp(trainer.prefer_native_bf16("auto", "cpu"), torch.device("cpu")) == (
+        "bf16" if native else "none")
