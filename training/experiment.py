@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     "mini": Preset("mini"),
     # enough validation clips and seeds to tell methods apart: only the rows the claims need, every one on 3
     # seeds (same data, paired by seed), three tasks (two that need time, the appearance control); 96 training
-    # clips per class (mini: 64) × 2 views × 8 epochs keeps the 63 runs inside 45 minutes on 2 idle cores
+    # clips per class (mini: 64) × 2 views × 8 epochs: the 63 runs took 24 minutes in all on 2 cores (README there)
     "standard": Preset(
         "standard",
         tasks=_ALL_TASKS,

@@ -209,7 +209,7 @@ def pretrain(
 def experiment(
     out: str = typer.Option(..., "--out", "-o", help="directory for results.csv, results.md, results.png"),
     preset: str = typer.Option("mini", "--preset",
-                               help="smoke (< 1 min, tests) | mini (~30 min) | standard (≤ 45 min on 2 cores)"),
+                               help="smoke (< 1 min, tests) | mini (~20 min) | standard (~25 min on 2 cores)"),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="seeds for the headline rows (default: preset)"),
     data_dir: Path = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
