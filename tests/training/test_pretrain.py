@@ -46,13 +46,16 @@ def test_cache_key_covers_recipe_seed_and_architecture() -> None:
     assert key != pretrain_key(PretrainConfig(**{**CONFIG.__dict__, "backbone_overrides": {**TINY, "depth": 2}}))
 
 
-def test_same_seed_gives_the_same_backbone_bytes(tmp_path: Path) -> None:
-    """Deterministic end to end (rendering, augmentation, order, init, CPU training): two cold runs agree."""
-    one = pretrain_demo(CONFIG, tmp_path / "one", progress=False)
-    two = pretrain_demo(CONFIG, tmp_path / "two", progress=False)
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_same_seed_gives_the_same_backbone_bytes(tmp_path: Path, amp: str) -> None:
+    """Deterministic end to end (rendering, augmentation, order, init, CPU training), in fp32 and under the bf16
+    autocast the default recipe uses on CPUs with native bf16: two cold runs agree."""
+    config = PretrainConfig(**{**CONFIG.__dict__, "amp": amp})
+    one = pretrain_demo(config, tmp_path / "one", progress=False)
+    two = pretrain_demo(config, tmp_path / "two", progress=False)
     assert not one.cached and not two.cached
     assert one.backbone_sha256 == two.backbone_sha256 and one.path.read_bytes() == two.path.read_bytes()
-    other = pretrain_demo(PretrainConfig(**{**CONFIG.__dict__, "seed": 1}), tmp_path / "three", progress=False)
+    other = pretrain_demo(PretrainConfig(**{**config.__dict__, "seed": 1}), tmp_path / "three", progress=False)
     assert other.backbone_sha256 != one.backbone_sha256
 
 
