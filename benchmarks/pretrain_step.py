@@ -15,7 +15,7 @@ CPU bf16 autocast with attention kept in fp32 (what pretraining runs where ``nat
 bf16 autocast with attention in bf16 too. Adapter: ``fp32`` and ``bf16``.
 
 The variants run round-robin (A, B, C, … A, B, C …) so the shared machine's noise hits them alike; each round's
-figure is the median of ``--steps`` steps after 3 warm-up steps, the reported figure the median over rounds, and
+figure is the median of ``--steps`` steps after ``--warmup`` (3) steps, the reported figure the median over rounds, and
 every ratio is formed within a round and then its median taken. ``native_cpu_bf16`` is printed: without it bf16 is
 emulated and slower.
 """
@@ -128,8 +128,8 @@ RATIOS = (  # (numerator, denominator): < 1 means the first is faster
 )
 
 
-def _time_ms(step: Callable[[], None], steps: int) -> float:
-    for _ in range(3):
+def _time_ms(step: Callable[[], None], steps: int, warmup: int) -> float:
+    for _ in range(warmup):
         step()
     times = []
     for _ in range(steps):
@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (vpetl up's default: 2)")
     parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds over the variants")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each variant's timed ones")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,7 +157,7 @@ def main() -> None:
         figures = {}
         for name, (_, _, stem, attention) in VARIANTS.items():
             with _patched(stem, attention):
-                figures[name] = _time_ms(steps[name], args.steps)
+                figures[name] = _time_ms(steps[name], args.steps, args.warmup)
         rounds.append(figures)
         if not args.json:
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()),
