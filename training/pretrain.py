@@ -87,7 +87,7 @@ class PretrainConfig:
     mask_ratio: float = 0.75  # "mae": the share of spatial positions hidden in every time slice (tube masking)
     num_workers: int = 2  # processes for synthesis and decoding
     device: str = "auto"  # cuda when available (bf16 autocast), else cpu
-    # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (training.trainer.prefer_native_bf16: ~25% faster
+    # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (training.trainer.prefer_native_bf16: 20–26% faster
     # steps there), fp32 on other CPUs; or "bf16" / "none" (TrainConfig.amp)
     amp: str = "auto"
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # architecture changes (tests)

@@ -172,7 +172,8 @@ def resolve_device(device: str) -> torch.device:
 
 def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 autocast runs the demo
-    backbone's training step ~20% faster than fp32 (BENCHMARKS.md, "Demo"); elsewhere it is emulated and slower."""
+    backbone's pretraining step 20–26% faster than fp32 (BENCHMARKS.md, "Demo"); elsewhere it is emulated and
+    slower."""
     cpu = getattr(torch, "cpu", None)
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
@@ -180,8 +181,8 @@ def native_cpu_bf16() -> bool:
 
 def prefer_native_bf16(amp: str, device: str = "auto") -> str:
     """``amp`` with "auto" turned into "bf16" on a CPU that multiplies bf16 natively: the choice of the demo
-    recipes (pretraining, ``vpetl up``'s adapters, ``vpetl experiment``), whose steps run ~25% (pretraining) and
-    ~10% (adapters) faster there (``benchmarks/pretrain_step.py``). TrainConfig's own "auto" stays fp32 on CPU."""
+    recipes (pretraining, ``vpetl up``'s adapters, ``vpetl experiment``), whose steps run 20–26% (pretraining) and
+    9–15% (adapters) faster there (``benchmarks/pretrain_step.py``). TrainConfig's own "auto" stays fp32 on CPU."""
     if amp == "auto" and resolve_device(device).type == "cpu" and native_cpu_bf16():
         return "bf16"
     return amp

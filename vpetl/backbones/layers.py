@@ -31,7 +31,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Softmax attention, (..., nH, N, hd) ×3 -> (..., nH, N, hd).
 
     Under CPU bf16 autocast (training on a CPU with native bf16) it runs in fp32: torch's CPU flash-attention
-    kernel is slower in bf16 than in fp32 (its backward ~3× on the demo backbone's step, which is ~6% faster
+    kernel is slower in bf16 than in fp32 (its backward ~3× on the demo backbone's step, which is 8–11% faster
     with this; BENCHMARKS.md, "Demo"), while the projections around it keep bf16's faster matmuls.
     """
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
@@ -202,9 +202,9 @@ class ConvStem3D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The (1, 3, 3) convolutions see one frame at a time, so they run as 2-D convolutions over B·T frames in
         # channels-last layout, and the tubelet projection (kernel = stride) as one Linear over gathered tubelets:
-        # the same maps as Conv3d, measured 10% faster per demo pretraining step on 2 CPU cores (mkldnn's Conv3d
-        # backward dominated the step; BENCHMARKS.md, "Demo"). Parameters keep the Conv3d shapes, so checkpoints
-        # and ONNX exports are unchanged.
+        # the same maps as Conv3d, 6–7% faster per demo pretraining step on 2 CPU cores (mkldnn's Conv3d
+        # backward was the largest single op of the step; BENCHMARKS.md, "Demo"). Parameters keep the Conv3d
+        # shapes, so checkpoints and ONNX exports are unchanged.
         b, c, t, h, w = x.shape
         # (B, C, T, H, W) -> (B·T, C, H, W) with channels-last strides (one copy)
         y = x.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
