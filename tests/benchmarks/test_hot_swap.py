@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from collections.abc import Callable
+from types import ModuleType
 
 
-def _module():  # noqa: ANN202
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("hot_swap_bench", BENCH / "hot_swap.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_a_swap_counts_once_the_last_live_replica_answers_the_new_version() -> None:
-    hs = _module()
+def test_a_swap_counts_once_the_last_live_replica_answers_the_new_version(
+    load_benchmark: Callable[[str], ModuleType],
+) -> None:
+    hs = load_benchmark("hot_swap")
     # (sent, received, version, sha256, status, replica)
     log = [(0.0, 1.0, 1, "", 200, "a"), (0.0, 1.1, 1, "", 200, "b"), (1.2, 1.3, 2, "", 200, "a"),
            (1.2, 1.4, 1, "", 200, "b"), (1.5, 1.6, 2, "", 200, "b"), (1.6, 1.7, 2, "", 200, "a")]  # fmt: skip

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _module():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("pretrain_step_bench", BENCH / "pretrain_step.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_the_conv3d_reference_variant_computes_the_same_stem() -> None:
+def test_the_conv3d_reference_variant_computes_the_same_stem(load_benchmark: Callable[[str], ModuleType]) -> None:
     """The 'before' the benchmark compares against must be the same map, or its ratio means nothing."""
     from vpetl.backbones.layers import ConvStem3D
 
-    bench = _module()
+    bench = load_benchmark("pretrain_step")
     torch.manual_seed(0)
     stem = ConvStem3D((2, 16, 16), 3, 24, (8, 16))
     stem.add_batch_norm()
@@ -34,11 +28,12 @@ def test_the_conv3d_reference_variant_computes_the_same_stem() -> None:
         torch.testing.assert_close(bench._conv3d_stem(stem, x), stem(x), rtol=1e-5, atol=1e-5)
 
 
-def test_one_round_prints_every_variant_and_ratio() -> None:
+def test_one_round_prints_every_variant_and_ratio(load_benchmark: Callable[[str], ModuleType]) -> None:
     args = ["--rounds", "1", "--steps", "1", "--warmup", "0", "--json"]
     out = subprocess.run([sys.executable, str(BENCH / "pretrain_step.py"), *args], capture_output=True, text=True,
                          timeout=300, check=True)
     result = json.loads(out.stdout)
-    assert set(result["ms"]) == set(_module().VARIANTS) and all(v > 0 for v in result["ms"].values())
+    assert set(result["ms"]) == set(load_benchmark("pretrain_step").VARIANTS)
+    assert all(v > 0 for v in result["ms"].values())
     assert len(result["ratios"]) == 5 and all(v > 0 for v in result["ratios"].values())
     assert isinstance(result["machine"]["native_cpu_bf16"], bool)
