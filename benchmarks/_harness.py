@@ -169,6 +169,19 @@ def _descendants(pid: int) -> list:  # list[psutil.Process]; psutil comes with R
         return []
 
 
+def median_time(fn: Callable[[], object], repeats: int, *, warmup: int = 1) -> tuple[float, float]:
+    """(median seconds, spread = (max − min) / median) of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return med, (max(times) - min(times)) / med
+
+
 def alternate(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """Median time per arm, arms interleaved A, B, C, A, B, C … so machine noise hits them alike."""
     for fn in arms.values():

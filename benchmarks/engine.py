@@ -24,25 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _harness import alternate  # noqa: E402
+from _harness import alternate, median_time  # noqa: E402
 
 from vpetl.backbones import create_backbone  # noqa: E402
 from vpetl.petl import create_model  # noqa: E402
 from vpetl.petl.bank import DTYPES, AdapterBank  # noqa: E402
 from vpetl.petl.io import adapter_bytes  # noqa: E402
 from vpetl.petl.registry import make_config  # noqa: E402
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median seconds, spread = (max − min) / median) of ``repeats`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return med, (max(times) - min(times)) / med
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -28,7 +28,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _harness import median_time  # noqa: E402
 
 from training.pretrain import _Classifier  # noqa: E402
 from training.trainer import native_cpu_bf16  # noqa: E402
@@ -128,17 +129,6 @@ RATIOS = (  # (numerator, denominator): < 1 means the first is faster
 )
 
 
-def _time_ms(step: Callable[[], None], steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (vpetl up's default: 2)")
@@ -157,7 +147,8 @@ def main() -> None:
         figures = {}
         for name, (_, _, stem, attention) in VARIANTS.items():
             with _patched(stem, attention):
-                figures[name] = _time_ms(steps[name], args.steps, args.warmup)
+                seconds, _ = median_time(steps[name], args.steps, warmup=args.warmup)
+                figures[name] = 1000 * seconds
         rounds.append(figures)
         if not args.json:
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()),
